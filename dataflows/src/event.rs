@@ -1,0 +1,572 @@
+//! The event contract of SPEC §2: ride events and driver locations as they travel on Kafka.
+//!
+//! Parsing is strict where the contract is strict (required fields, known event types,
+//! parseable timestamps) and lenient where it promises leniency (three timestamp forms, any
+//! fractional precision, unknown extra fields). Every rejection is an [`EventError`] that
+//! names the field and what was wrong with it, because that text ends up in the dead-letter
+//! topic's headers where an operator has to act on it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// What happened to a ride. The five kinds of SPEC §2, spelled in JSON as in the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A rider asked for a ride.
+    Requested,
+    /// A driver took the ride.
+    Accepted,
+    /// The rider was picked up.
+    Started,
+    /// The rider was dropped off.
+    Completed,
+    /// The ride was called off before completion.
+    Cancelled,
+}
+
+impl EventType {
+    /// Every event type, in lifecycle order.
+    pub const ALL: [EventType; 5] = [
+        EventType::Requested,
+        EventType::Accepted,
+        EventType::Started,
+        EventType::Completed,
+        EventType::Cancelled,
+    ];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Requested => "requested",
+            EventType::Accepted => "accepted",
+            EventType::Started => "started",
+            EventType::Completed => "completed",
+            EventType::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instant in UTC with millisecond precision, as milliseconds since the Unix epoch.
+///
+/// A plain integer because the window operator compares and buckets millions of them; it
+/// serializes as ISO-8601 with a `Z` and exactly three fractional digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// Parses every form SPEC §2 accepts: a trailing `Z`, an explicit offset (`+00:00`; other
+    /// offsets are converted to UTC), or no offset at all (meaning UTC), with `T` or a space
+    /// between date and time and any number of fractional digits. Sub-millisecond digits
+    /// are truncated.
+    pub fn parse(text: &str) -> Result<Timestamp, TimestampError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(TimestampError("it is empty".into()));
+        }
+        if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+            return Ok(Timestamp(dt.timestamp_millis()));
+        }
+        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+            if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+                return Ok(Timestamp(naive.and_utc().timestamp_millis()));
+            }
+        }
+        Err(TimestampError(format!(
+            "`{text}` is not ISO-8601 (expected e.g. 2026-11-23T10:00:01.250Z)"
+        )))
+    }
+
+    /// The instant as a chrono value.
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<str>::deserialize(deserializer)?;
+        Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a timestamp string was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct TimestampError(String);
+
+/// A point on the map.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeoPoint {
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lng: f64,
+}
+
+/// One message of the `ride-events` topic (SPEC §2), validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RideEvent {
+    /// What happened.
+    pub event_type: EventType,
+    /// The ride; also the Kafka key, so a ride's events stay ordered on one partition.
+    pub ride_id: String,
+    /// Event time (UTC, millisecond precision): what the windows are computed on.
+    pub timestamp: Timestamp,
+    /// The city the ride is in; metrics are per city.
+    pub city: String,
+    /// The quoted fare; `None` when null or absent (for example on `accepted`).
+    #[serde(default)]
+    pub estimated_fare: Option<f64>,
+    /// The rider.
+    pub user_id: String,
+    /// The driver, once one is assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_id: Option<String>,
+    /// Where the rider is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<GeoPoint>,
+    /// Where the rider goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropoff: Option<GeoPoint>,
+}
+
+/// Why a `ride-events` message is a dead letter. The text names the field and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum EventError {
+    /// The bytes are not a JSON object (or not UTF-8).
+    #[error("not a valid JSON object: {0}")]
+    NotJson(String),
+    /// A field has the wrong JSON type (for example a fare given as a string).
+    #[error("field `{field}`: {reason}")]
+    WrongType {
+        /// The field's path in the JSON object.
+        field: String,
+        /// serde's description of the mismatch.
+        reason: String,
+    },
+    /// A required field is absent or null.
+    #[error("field `{0}` is missing")]
+    Missing(&'static str),
+    /// A required string field is empty.
+    #[error("field `{0}` is empty")]
+    Empty(&'static str),
+    /// `event_type` is not one of the five known types.
+    #[error("field `event_type`: unknown value `{0}` (expected requested, accepted, started, completed or cancelled)")]
+    UnknownEventType(String),
+    /// `timestamp` could not be read.
+    #[error("field `timestamp`: {0}")]
+    BadTimestamp(TimestampError),
+}
+
+/// The wire shape before validation: everything optional so that each problem can be named.
+#[derive(Deserialize)]
+struct RawRideEvent<'a> {
+    #[serde(borrow, default)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ride_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    city: Option<Cow<'a, str>>,
+    #[serde(default)]
+    estimated_fare: Option<f64>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    driver_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pickup: Option<GeoPoint>,
+    #[serde(default)]
+    dropoff: Option<GeoPoint>,
+}
+
+/// serde_json's message without its "at line 1 column 193" suffix: the field is named anyway.
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+fn required(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, EventError> {
+    match value {
+        None => Err(EventError::Missing(field)),
+        Some(text) if text.trim().is_empty() => Err(EventError::Empty(field)),
+        Some(text) => Ok(text.into_owned()),
+    }
+}
+
+impl RideEvent {
+    /// Parses and validates one `ride-events` message value.
+    pub fn parse(bytes: &[u8]) -> Result<RideEvent, EventError> {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(_) => return Err(EventError::NotJson("expected a JSON object `{...}`".into())),
+            None => return Err(EventError::NotJson("the message is empty".into())),
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawRideEvent = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(raw) => raw,
+            Err(error) => {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                return Err(if path == "." || inner.is_syntax() || inner.is_eof() {
+                    EventError::NotJson(inner.to_string())
+                } else {
+                    EventError::WrongType {
+                        field: path,
+                        reason: without_position(&inner),
+                    }
+                });
+            }
+        };
+        deserializer
+            .end()
+            .map_err(|e| EventError::NotJson(e.to_string()))?;
+
+        let event_type = match raw.event_type {
+            None => return Err(EventError::Missing("event_type")),
+            Some(text) => EventType::parse(&text)
+                .ok_or_else(|| EventError::UnknownEventType(text.into_owned()))?,
+        };
+        let ride_id = required(raw.ride_id, "ride_id")?;
+        let timestamp = match raw.timestamp {
+            None => return Err(EventError::Missing("timestamp")),
+            Some(text) => Timestamp::parse(&text).map_err(EventError::BadTimestamp)?,
+        };
+        let city = required(raw.city, "city")?;
+        let user_id = required(raw.user_id, "user_id")?;
+        Ok(RideEvent {
+            event_type,
+            ride_id,
+            timestamp,
+            city,
+            estimated_fare: raw.estimated_fare,
+            user_id,
+            driver_id: raw.driver_id.map(Cow::into_owned),
+            pickup: raw.pickup,
+            dropoff: raw.dropoff,
+        })
+    }
+
+    /// The message value as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a RideEvent always serializes")
+    }
+}
+
+/// What a driver is doing, as reported with each location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverStatus {
+    /// Free to take a ride.
+    Available,
+    /// Carrying a rider.
+    OnTrip,
+    /// Not working.
+    Offline,
+}
+
+/// One message of the `driver-locations` topic (SPEC §2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DriverLocation {
+    /// The driver; also the Kafka key.
+    pub driver_id: String,
+    /// When the position was taken.
+    pub timestamp: Timestamp,
+    /// The city the driver works in.
+    pub city: String,
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lng: f64,
+    /// What the driver is doing.
+    pub status: DriverStatus,
+}
+
+impl DriverLocation {
+    /// Parses and validates one `driver-locations` message value.
+    pub fn parse(bytes: &[u8]) -> Result<DriverLocation, EventError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let location: DriverLocation = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|error| EventError::WrongType {
+                field: error.path().to_string(),
+                reason: without_position(error.inner()),
+            })?;
+        if location.driver_id.trim().is_empty() {
+            return Err(EventError::Empty("driver_id"));
+        }
+        if location.city.trim().is_empty() {
+            return Err(EventError::Empty("city"));
+        }
+        Ok(location)
+    }
+
+    /// The message value as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a DriverLocation always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{"event_type": "requested", "ride_id": "ride-abc-123", "timestamp": "2026-11-23T10:00:01.250Z",
+ "city": "bratislava", "estimated_fare": 8.50, "user_id": "user-456",
+ "pickup": {"lat": 48.1486, "lng": 17.1077}, "dropoff": {"lat": 48.1586, "lng": 17.1177}}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(VALID).unwrap();
+        if value == "<absent>" {
+            object.remove(field);
+        } else {
+            object.insert(field.into(), serde_json::from_str(value).unwrap());
+        }
+        serde_json::Value::Object(object).to_string()
+    }
+
+    /// 2026-11-23T10:00:01.250Z in milliseconds, computed independently of chrono.
+    const T: i64 = (20_780 * 86_400 + 10 * 3600 + 1) * 1000 + 250;
+
+    #[test]
+    fn parses_the_spec_example() {
+        let event = RideEvent::parse(VALID.as_bytes()).unwrap();
+        assert_eq!(event.event_type, EventType::Requested);
+        assert_eq!(event.ride_id, "ride-abc-123");
+        assert_eq!(event.timestamp, Timestamp(T));
+        assert_eq!(event.city, "bratislava");
+        assert_eq!(event.estimated_fare, Some(8.5));
+        assert_eq!(event.user_id, "user-456");
+        assert_eq!(event.driver_id, None);
+        assert_eq!(
+            event.pickup,
+            Some(GeoPoint {
+                lat: 48.1486,
+                lng: 17.1077
+            })
+        );
+    }
+
+    #[test]
+    fn accepts_every_timestamp_form() {
+        for (text, millis) in [
+            ("2026-11-23T10:00:01.250Z", T),
+            ("2026-11-23T10:00:01.250+00:00", T),
+            ("2026-11-23T10:00:01.250000", T),
+            ("2026-11-23T10:00:01.25", T),
+            ("2026-11-23T10:00:01.250999999Z", T),
+            ("2026-11-23T10:00:01Z", T - 250),
+            ("2026-11-23T10:00:01", T - 250),
+            ("2026-11-23 10:00:01.250", T),
+            ("2026-11-23T11:00:01.250+01:00", T),
+            ("2026-11-23t10:00:01.250z", T),
+        ] {
+            assert_eq!(Timestamp::parse(text), Ok(Timestamp(millis)), "{text}");
+            let event = RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes());
+            assert_eq!(event.unwrap().timestamp, Timestamp(millis), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_unparseable_timestamps() {
+        for text in [
+            "",
+            "yesterday",
+            "2026-11-23",
+            "2026-13-23T10:00:00Z",
+            "2026-11-23T25:00:00",
+            "1700000000",
+        ] {
+            let error = RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes())
+                .unwrap_err();
+            assert!(
+                matches!(error, EventError::BadTimestamp(_)),
+                "{text}: {error}"
+            );
+            assert!(error.to_string().starts_with("field `timestamp`"), "{error}");
+        }
+        let error = RideEvent::parse(with("timestamp", "1700000000").as_bytes()).unwrap_err();
+        assert_eq!(
+            error,
+            EventError::WrongType {
+                field: "timestamp".into(),
+                reason: "invalid type: integer `1700000000`, expected a string".into()
+            }
+        );
+    }
+
+    #[test]
+    fn formats_with_milliseconds_and_z() {
+        assert_eq!(Timestamp(T).to_string(), "2026-11-23T10:00:01.250Z");
+        assert_eq!(Timestamp(T - 250).to_string(), "2026-11-23T10:00:01.000Z");
+    }
+
+    #[test]
+    fn fare_may_be_null_or_absent_and_extra_fields_are_ignored() {
+        let event = RideEvent::parse(with("estimated_fare", "null").as_bytes()).unwrap();
+        assert_eq!(event.estimated_fare, None);
+        let event = RideEvent::parse(with("estimated_fare", "<absent>").as_bytes()).unwrap();
+        assert_eq!(event.estimated_fare, None);
+        let event = RideEvent::parse(with("surge_multiplier", "{\"x\": [1, 2]}").as_bytes());
+        assert_eq!(event.unwrap().ride_id, "ride-abc-123");
+        let event = RideEvent::parse(with("driver_id", "\"driver-7\"").as_bytes()).unwrap();
+        assert_eq!(event.driver_id.as_deref(), Some("driver-7"));
+        let event = RideEvent::parse(with("pickup", "<absent>").as_bytes()).unwrap();
+        assert_eq!(event.pickup, None);
+    }
+
+    #[test]
+    fn rejects_missing_null_and_empty_required_fields() {
+        for field in ["event_type", "ride_id", "timestamp", "city", "user_id"] {
+            for value in ["<absent>", "null"] {
+                let error = RideEvent::parse(with(field, value).as_bytes()).unwrap_err();
+                assert_eq!(error, EventError::Missing(field), "{field}={value}");
+            }
+        }
+        for field in ["ride_id", "city", "user_id"] {
+            let error = RideEvent::parse(with(field, "\"  \"").as_bytes()).unwrap_err();
+            assert_eq!(error, EventError::Empty(field));
+            assert_eq!(error.to_string(), format!("field `{field}` is empty"));
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_event_types() {
+        let error = RideEvent::parse(with("event_type", "\"teleported\"").as_bytes()).unwrap_err();
+        assert_eq!(error, EventError::UnknownEventType("teleported".into()));
+        let error = RideEvent::parse(with("event_type", "\"Requested\"").as_bytes()).unwrap_err();
+        assert_eq!(error, EventError::UnknownEventType("Requested".into()));
+    }
+
+    #[test]
+    fn rejects_wrong_types_naming_the_field() {
+        let error = RideEvent::parse(with("estimated_fare", "\"8.50\"").as_bytes()).unwrap_err();
+        assert!(
+            matches!(&error, EventError::WrongType { field, .. } if field == "estimated_fare"),
+            "{error}"
+        );
+        let error = RideEvent::parse(with("city", "42").as_bytes()).unwrap_err();
+        assert!(error.to_string().starts_with("field `city`: invalid type"), "{error}");
+        let error = RideEvent::parse(with("pickup", "{\"lat\": 1}").as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("pickup"), "{error}");
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_json_object() {
+        for bytes in [
+            &b"not json"[..],
+            b"",
+            b"[1,2]",
+            b"42",
+            b"{\"event_type\": \"requested\"",
+            b"\xff\xfe",
+            b"{} {}",
+        ] {
+            let error = RideEvent::parse(bytes).unwrap_err();
+            assert!(matches!(error, EventError::NotJson(_)), "{bytes:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn driver_locations_parse_and_validate() {
+        let text = r#"{"driver_id": "driver-1", "timestamp": "2026-11-23T10:00:01.250", "city": "kosice", "lat": 48.7, "lng": 21.2, "status": "on_trip"}"#;
+        let location = DriverLocation::parse(text.as_bytes()).unwrap();
+        assert_eq!(location.status, DriverStatus::OnTrip);
+        assert_eq!(location.timestamp, Timestamp(T));
+        let round = DriverLocation::parse(location.to_json().as_bytes()).unwrap();
+        assert_eq!(round, location);
+        let error = DriverLocation::parse(text.replace("on_trip", "parked").as_bytes());
+        assert!(error.unwrap_err().to_string().contains("status"));
+        let error = DriverLocation::parse(text.replace("\"city\": \"kosice\", ", "").as_bytes());
+        assert!(error.unwrap_err().to_string().contains("city"));
+    }
+
+    mod roundtrip {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9 _\\-\u{e1}\u{17e}\"\\\\]{0,12}".prop_map(|s| format!("x{s}"))
+        }
+
+        fn point() -> impl Strategy<Value = Option<GeoPoint>> {
+            proptest::option::of((-90.0..90.0f64, -180.0..180.0f64).prop_map(|(lat, lng)| GeoPoint { lat, lng }))
+        }
+
+        fn event() -> impl Strategy<Value = RideEvent> {
+            (
+                proptest::sample::select(EventType::ALL.to_vec()),
+                text(),
+                // 1970 .. 2100, millisecond precision
+                0i64..4_102_444_800_000,
+                text(),
+                proptest::option::of(0.0..500.0f64),
+                text(),
+                proptest::option::of(text()),
+                point(),
+                point(),
+            )
+                .prop_map(
+                    |(event_type, ride_id, millis, city, estimated_fare, user_id, driver_id, pickup, dropoff)| RideEvent {
+                        event_type,
+                        ride_id,
+                        timestamp: Timestamp(millis),
+                        city,
+                        estimated_fare,
+                        user_id,
+                        driver_id,
+                        pickup,
+                        dropoff,
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn a_valid_event_survives_serialize_then_parse(event in event()) {
+                let parsed = RideEvent::parse(event.to_json().as_bytes()).unwrap();
+                prop_assert_eq!(parsed, event);
+            }
+        }
+    }
+}
