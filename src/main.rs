@@ -1,1 +1,270 @@
-fn main() {}
+//! The `ridepulse` command line: a thin layer that loads configuration, dispatches to the
+//! library, and turns errors into one clear message and a non-zero exit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ridepulse::config::Config;
+use ridepulse::kafka::{plain_consumer, topics};
+use ridepulse::simulator::{self, cities, world};
+
+#[derive(Parser)]
+#[command(
+    name = "ridepulse",
+    version,
+    about = "Real-time ride analytics: Kafka → timely dataflow → ClickHouse"
+)]
+struct Cli {
+    /// TOML configuration file (see config/ridepulse.example.toml).
+    #[arg(long, global = true, env = "RIDEPULSE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set kafka.brokers=10.0.0.5:9092` (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Shorthand for `--set kafka.brokers=...`.
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or list SPEC §1's topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Produce realistic ride events (and driver locations) to Kafka or a file.
+    Simulate(SimulateArgs),
+    /// Read a topic's whole backlog with a plain consumer and report what it holds.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create every missing topic (a no-op when they all exist).
+    Create,
+    /// Show the topics, their partitions and how many messages they hold.
+    List,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Ride events per minute (driver locations come on top).
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// How long to run (`60s`, `5m`, `1h`, or seconds).
+    #[arg(long, value_parser = world::parse_duration, default_value = "60s", conflicts_with = "count")]
+    duration: Duration,
+    /// Stop after exactly this many ride events instead of after --duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Cities: a number N (the N most popular built-in ones) or a comma-separated list.
+    #[arg(long)]
+    cities: Option<String>,
+    /// Seed for every random choice; the same seed and --start give the same events.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Event time of the first event (ISO-8601); default: now.
+    #[arg(long)]
+    start: Option<String>,
+    /// A demand surge, CITY:FACTOR:START:END, e.g. `bratislava:2:1m:4m` (repeatable).
+    #[arg(long = "surge", value_parser = world::Surge::parse)]
+    surges: Vec<world::Surge>,
+    /// Drivers across all cities; each reports its position every 5 s.
+    #[arg(long, default_value_t = 2000)]
+    drivers: usize,
+    /// Write the ride events as JSON lines to this file instead of Kafka (not paced).
+    #[arg(long, conflicts_with = "replay")]
+    out: Option<PathBuf>,
+    /// Produce the lines of an existing JSON-lines file into ride-events, as fast as possible.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// The topic (default: the ride-events topic from the configuration).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Print the first N messages.
+    #[arg(long, default_value_t = 0)]
+    print: usize,
+}
+
+fn main() {
+    ridepulse::telemetry::init();
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides = cli.overrides;
+    if let Some(brokers) = cli.brokers {
+        overrides.push(format!("kafka.brokers={brokers}"));
+    }
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    match cli.command {
+        Command::Topics {
+            action: TopicsAction::Create,
+        } => {
+            for (spec, outcome) in topics::create(&config)? {
+                let configs: Vec<String> = spec
+                    .configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let what = match outcome {
+                    topics::Outcome::Created => "created",
+                    topics::Outcome::Existed => "exists ",
+                };
+                println!(
+                    "{what} {:<24} partitions={:<3} {}",
+                    spec.name,
+                    spec.partitions,
+                    configs.join(" ")
+                );
+            }
+        }
+        Command::Topics {
+            action: TopicsAction::List,
+        } => {
+            for (spec, info) in topics::contract_topics(&config)
+                .iter()
+                .zip(topics::list(&config)?)
+            {
+                match info {
+                    Some(info) => println!(
+                        "{:<24} partitions={:<3} messages={}",
+                        info.name,
+                        info.partitions.len(),
+                        info.messages()
+                    ),
+                    None => println!("{:<24} missing (run `ridepulse topics create`)", spec.name),
+                }
+            }
+        }
+        Command::Simulate(args) => simulate(&config, args)?,
+        Command::Consume(args) => {
+            let topic = args
+                .topic
+                .unwrap_or_else(|| config.topics.ride_events.clone());
+            let mut printed = 0;
+            let (mut valid, mut invalid) = (0u64, 0u64);
+            let is_ride_events = topic == config.topics.ride_events;
+            let stats = plain_consumer::read_backlog(
+                &config.kafka.brokers,
+                &topic,
+                Duration::from_secs(30),
+                |message| {
+                    use rdkafka::Message;
+                    let payload = message.payload().unwrap_or_default();
+                    if is_ride_events {
+                        match dataflows::event::RideEvent::parse(payload) {
+                            Ok(_) => valid += 1,
+                            Err(_) => invalid += 1,
+                        }
+                    }
+                    if printed < args.print {
+                        printed += 1;
+                        println!(
+                            "p{} @{} {}",
+                            message.partition(),
+                            message.offset(),
+                            String::from_utf8_lossy(payload)
+                        );
+                    }
+                },
+            )?;
+            println!(
+                "topic={topic} partitions={} messages={} bytes={} seconds={:.3} messages_per_sec={:.0} longest_pause_ms={:.1}",
+                stats.partitions,
+                stats.messages,
+                stats.bytes,
+                stats.elapsed.as_secs_f64(),
+                stats.rate(),
+                stats.longest_pause.as_secs_f64() * 1000.0
+            );
+            if is_ride_events {
+                println!("valid_events={valid} invalid_messages={invalid}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.replay {
+        let summary = simulator::replay(config, path)?;
+        println!(
+            "replayed {} lines from {} into {} in {:.2}s ({:.0} msgs/s), delivery errors: {}",
+            summary.ride_events,
+            path.display(),
+            config.topics.ride_events,
+            summary.elapsed.as_secs_f64(),
+            summary.rate(),
+            summary.errors
+        );
+        return Ok(());
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of events per minute");
+    }
+    let cities = cities::resolve(args.cities.as_deref()).map_err(anyhow::Error::msg)?;
+    for surge in &args.surges {
+        if !cities.iter().any(|c| c.name == surge.city) {
+            let names: Vec<&str> = cities.iter().map(|c| c.name).collect();
+            bail!(
+                "--surge: city `{}` is not simulated (cities: {})",
+                surge.city,
+                names.join(", ")
+            );
+        }
+    }
+    let start_ms = match &args.start {
+        Some(text) => dataflows::event::Timestamp::parse(text)
+            .with_context(|| format!("--start `{text}`"))?
+            .millis(),
+        None => chrono::Utc::now().timestamp_millis(),
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let stop = match args.count {
+        Some(n) => simulator::Stop::Count(n),
+        None => simulator::Stop::After(args.duration),
+    };
+    let world = world::WorldConfig {
+        seed,
+        rate_per_minute: args.rate,
+        cities,
+        drivers: args.drivers,
+        surges: args.surges,
+        start_ms,
+    };
+    eprintln!(
+        "simulating with --seed {seed} --start {} --rate {}",
+        dataflows::event::Timestamp(start_ms),
+        args.rate
+    );
+    let summary = match &args.out {
+        Some(path) => simulator::to_file(world, stop, path)?,
+        None => simulator::to_kafka(config, world, stop)?,
+    };
+    let target = match &args.out {
+        Some(path) => path.display().to_string(),
+        None => config.topics.ride_events.clone(),
+    };
+    println!(
+        "ride_events={} to {target}, driver_locations={}, delivery_errors={}, seconds={:.2}, events_per_sec={:.0}",
+        summary.ride_events,
+        summary.locations,
+        summary.errors,
+        summary.elapsed.as_secs_f64(),
+        summary.rate()
+    );
+    Ok(())
+}

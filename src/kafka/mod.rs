@@ -1,0 +1,87 @@
+//! Everything that talks to the Kafka-protocol broker.
+//!
+//! - [`settings`]: the librdkafka properties we use, each with the reason it is set.
+//! - [`topics`]: creating and listing SPEC §1's topics through the AdminClient.
+//! - [`producer`]: a producer that counts every delivery report, so nothing is dropped silently.
+//! - [`plain_consumer`]: a bare consumer over a topic's backlog, the baseline every job
+//!   figure is compared with.
+
+pub mod plain_consumer;
+pub mod producer;
+pub mod settings;
+pub mod topics;
+
+use thiserror::Error;
+
+/// A failure talking to Kafka. [`KafkaError::is_retryable`] tells a caller whether waiting
+/// and trying again can help.
+#[derive(Debug, Error)]
+pub enum KafkaError {
+    /// No broker answered.
+    #[error("cannot reach the Kafka broker at {brokers}: {detail} (is it running? `scripts/stack status` tells)")]
+    Unreachable {
+        /// The `bootstrap.servers` we tried.
+        brokers: String,
+        /// librdkafka's reason.
+        detail: String,
+    },
+    /// A topic exists with a different partition count than the contract says.
+    #[error("topic `{topic}` exists with {actual} partitions but SPEC §1 wants {expected}; delete it or point [topics] at another name")]
+    WrongPartitionCount {
+        /// The topic.
+        topic: String,
+        /// What the broker has.
+        actual: usize,
+        /// What the contract says.
+        expected: i32,
+    },
+    /// The broker refused to create a topic.
+    #[error("cannot create topic `{topic}`: {detail}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's reason.
+        detail: String,
+    },
+    /// A topic we need does not exist.
+    #[error("topic `{0}` does not exist (run `ridepulse topics create`)")]
+    MissingTopic(String),
+    /// Messages could not be delivered.
+    #[error(
+        "{failed} of {total} messages to `{topic}` were not delivered; first error: {first_error}"
+    )]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// How many failed.
+        failed: u64,
+        /// How many were sent.
+        total: u64,
+        /// The first failure's reason.
+        first_error: String,
+    },
+    /// Any other client error.
+    #[error("kafka client error: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+}
+
+impl KafkaError {
+    /// Whether the same call may succeed later (the broker may come back); the others need
+    /// a person to change something.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            KafkaError::Unreachable { .. } | KafkaError::Delivery { .. } => true,
+            KafkaError::Client(error) => matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                        | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                        | rdkafka::types::RDKafkaErrorCode::OperationTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::RequestTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::QueueFull
+                )
+            ),
+            _ => false,
+        }
+    }
+}

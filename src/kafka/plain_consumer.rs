@@ -1,0 +1,148 @@
+//! A bare consumer that reads a topic's backlog, from the oldest message to the end offsets
+//! that exist when it starts, as fast as the broker serves it.
+//!
+//! Two uses: the throughput baseline that every job figure is compared with
+//! (`ridepulse consume --stats`), and reading back what a test or a demo wrote.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{settings, topics, KafkaError};
+
+/// One message as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub payload: Vec<u8>,
+    /// Its headers as (name, value).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What a pass over the backlog measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadStats {
+    /// Messages read.
+    pub messages: u64,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// From the first poll to the last message.
+    pub elapsed: Duration,
+    /// The longest gap between two consecutive messages.
+    pub longest_pause: Duration,
+    /// Partitions read.
+    pub partitions: usize,
+}
+
+impl ReadStats {
+    /// Messages per second over the pass.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Reads every partition of `topic` from its low watermark to the high watermark it has at
+/// the start, calling `each` for every message. Gives up after `timeout` without progress.
+pub fn read_backlog(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<ReadStats, KafkaError> {
+    let partitions = topics::partition_count(brokers, topic)?;
+    let group = format!("ridepulse-plain-consumer-{}", std::process::id());
+    let consumer: BaseConsumer =
+        settings::consumer(brokers, &group, "ridepulse-plain-consumer").create()?;
+    let mut remaining = 0usize;
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(15))?;
+        ends.push(high);
+        if high > low {
+            remaining += 1;
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        }
+    }
+    let mut stats = ReadStats {
+        partitions: partitions as usize,
+        ..ReadStats::default()
+    };
+    if remaining == 0 {
+        return Ok(stats);
+    }
+    consumer.assign(&assignment)?;
+    let start = Instant::now();
+    let mut last = start;
+    while remaining > 0 {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                if last.elapsed() > timeout {
+                    return Err(KafkaError::Unreachable {
+                        brokers: brokers.into(),
+                        detail: format!("no message from `{topic}` for {timeout:?} with {remaining} partitions unfinished"),
+                    });
+                }
+            }
+            Some(Err(RdKafkaError::PartitionEOF(_))) => {}
+            Some(Err(error))
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
+            Some(Err(error)) => return Err(KafkaError::Client(error)),
+            Some(Ok(message)) => {
+                let partition = message.partition() as usize;
+                if message.offset() >= ends[partition] {
+                    continue;
+                }
+                let now = Instant::now();
+                stats.longest_pause = stats.longest_pause.max(now - last);
+                last = now;
+                stats.messages += 1;
+                stats.bytes += message.payload_len() as u64;
+                each(&message);
+                if message.offset() + 1 == ends[partition] {
+                    remaining -= 1;
+                    let mut done = TopicPartitionList::new();
+                    done.add_partition(topic, partition as i32);
+                    // stop fetching a finished partition so the others get the bandwidth.
+                    consumer.pause(&done)?;
+                }
+            }
+        }
+    }
+    stats.elapsed = last - start;
+    Ok(stats)
+}
+
+/// Reads a topic's whole backlog into memory (tests and small demos).
+pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>, KafkaError> {
+    let mut records = Vec::new();
+    read_backlog(brokers, topic, Duration::from_secs(30), |message| {
+        records.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    })?;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}

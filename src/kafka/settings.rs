@@ -1,0 +1,76 @@
+//! The librdkafka properties ridepulse uses, in one place, each with the reason it is set.
+//!
+//! Tuned for two things the product promises: nothing is lost (acks from all replicas,
+//! every delivery report counted, offsets committed only behind durable writes) and
+//! seconds of freshness (short fetch waits, no backoff on a full fetch queue).
+
+use rdkafka::ClientConfig;
+
+/// A client config with the settings every ridepulse client shares.
+fn base(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        // the broker list from [kafka] brokers.
+        .set("bootstrap.servers", brokers)
+        // names the process in broker logs and quotas.
+        .set("client.id", client_id)
+        // fail a metadata request quickly so an unreachable broker is reported, not awaited.
+        .set("socket.connection.setup.timeout.ms", "10000");
+    config
+}
+
+/// For the AdminClient (topic creation and listing).
+pub fn admin(brokers: &str) -> ClientConfig {
+    base(brokers, "ridepulse-admin")
+}
+
+/// For producers of ride events, locations, aggregates and dead letters.
+pub fn producer(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = base(brokers, client_id);
+    config
+        // a message is delivered only once every in-sync replica has it.
+        .set("acks", "all")
+        // SPEC §1 stores topics lz4-compressed; compressing in the client saves bandwidth.
+        .set("compression.type", "lz4")
+        // wait up to 50 ms to fill batches: throughput at a bounded freshness cost.
+        .set("linger.ms", "50")
+        // large batches for the 50,000 events/min steady state and replay bursts.
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        // room for bursts (replays) before send() pushes back with QueueFull.
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        // the same key lands on the same partition as with the Java client (murmur2), and a
+        // message without a key (a malformed replayed line) is spread at random.
+        .set("partitioner", "murmur2_random")
+        // give a restarting broker two minutes before a message counts as failed.
+        .set("message.timeout.ms", "120000");
+    config
+}
+
+/// For consumers that assign partitions explicitly and commit offsets themselves.
+pub fn consumer(brokers: &str, group_id: &str, client_id: &str) -> ClientConfig {
+    let mut config = base(brokers, client_id);
+    config
+        // committed offsets are stored under this group; partitions are assigned explicitly,
+        // so the group never rebalances.
+        .set("group.id", group_id)
+        // offsets are committed only behind durable writes, never on a timer.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // a new group starts from the oldest retained message: nothing is skipped.
+        .set("auto.offset.reset", "earliest")
+        // report reaching the end of a partition: that is how idleness and --until-end work.
+        .set("enable.partition.eof", "true")
+        // the broker answers a fetch after at most 100 ms even with little data: freshness.
+        .set("fetch.wait.max.ms", "100")
+        // librdkafka 2.x backs off fetching for fetch.queue.backoff.ms (default 1 s) once
+        // its local queue holds queued.min.messages; 0 keeps the fetcher busy while we drain.
+        .set("fetch.queue.backoff.ms", "0")
+        // keep plenty pre-fetched per partition so a catch-up never waits on a round trip.
+        .set("queued.min.messages", "200000")
+        .set("queued.max.messages.kbytes", "262144")
+        // retry a failed fetch quickly rather than after the 500 ms default.
+        .set("fetch.error.backoff.ms", "50");
+    config
+}

@@ -1,0 +1,24 @@
+//! ridepulse: ride-sharing events from Kafka to live city metrics in ClickHouse, computed by
+//! a timely dataflow job.
+//!
+//! ```text
+//! ride service ──► Kafka ──► timely dataflow job ──► ClickHouse ──► dashboards
+//!  (simulator)     ride-events 12p          (workers)     city_metrics, ride_events
+//!                  driver-locations 24p
+//!                  analytics-aggregated 6p ◄── aggregates also go back to Kafka
+//! ```
+//!
+//! A tour of this package (the pure dataflows and the event contract are in the
+//! `ridepulse-dataflows` crate, imported as `dataflows`):
+//! - [`config`]: layered configuration (defaults → file → environment → flags) whose
+//!   errors name the key.
+//! - [`kafka`]: client settings with their reasons, topic admin, a delivery-counting
+//!   producer, a plain backlog consumer.
+//! - [`simulator`]: a deterministic ride service that produces realistic event streams.
+//! - [`telemetry`]: logging set-up, once, in `main`.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod kafka;
+pub mod simulator;
+pub mod telemetry;
