@@ -213,9 +213,16 @@ impl Config {
             table = toml::Table::try_from(from_file).expect("config serializes");
         }
         let known = known_keys(&table);
+        // Only variables under a config section are config keys (RIDEPULSE_KAFKA_…,
+        // RIDEPULSE_TOPICS_…, RIDEPULSE_CLICKHOUSE_…, RIDEPULSE_WINDOW_…); others such as
+        // RIDEPULSE_CONFIG or the stack script's RIDEPULSE_STACK_… belong to someone else.
+        let sections: Vec<String> = table
+            .keys()
+            .map(|s| format!("{ENV_PREFIX}{}_", s.to_uppercase()))
+            .collect();
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != "RIDEPULSE_CONFIG")
+            .filter(|(name, _)| sections.iter().any(|prefix| name.starts_with(prefix)))
             .collect();
         env.sort();
         for (name, value) in env {
@@ -318,7 +325,7 @@ impl Config {
         if w.slide_minutes == 0 {
             return invalid("window.slide_minutes", "must be at least 1");
         }
-        if w.length_minutes == 0 || w.length_minutes % w.slide_minutes != 0 {
+        if w.length_minutes == 0 || !w.length_minutes.is_multiple_of(w.slide_minutes) {
             return invalid(
                 "window.length_minutes",
                 "must be a positive multiple of window.slide_minutes",
@@ -421,6 +428,10 @@ mod tests {
             ("RIDEPULSE_KAFKA_BROKERS", "env:2"),
             ("RIDEPULSE_WINDOW_EMIT_INTERVAL_MS", "250"),
             ("PATH", "/bin"),
+            // not config keys: other tools' variables under the same prefix
+            ("RIDEPULSE_CONFIG", "x.toml"),
+            ("RIDEPULSE_STACK_KAFKA_PORT", "9092"),
+            ("RIDEPULSE_LIBRDKAFKA", "debug=fetch"),
         ];
         let config = load(Some(file), &env, &[]).unwrap();
         assert_eq!(config.kafka.brokers, "env:2");

@@ -93,6 +93,10 @@ struct ConsumeArgs {
     /// Print the first N messages.
     #[arg(long, default_value_t = 0)]
     print: usize,
+    /// Instead of the backlog, follow new messages for this long and report their delivery
+    /// latency (producer create time → receipt): p50, p95, p99, max.
+    #[arg(long, value_parser = world::parse_duration)]
+    follow: Option<Duration>,
 }
 
 fn main() {
@@ -154,6 +158,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let topic = args
                 .topic
                 .unwrap_or_else(|| config.topics.ride_events.clone());
+            if let Some(duration) = args.follow {
+                let stats = plain_consumer::follow(&config.kafka.brokers, &topic, duration)?;
+                println!(
+                    "topic={topic} messages={} latency_ms_p50={} latency_ms_p95={} latency_ms_p99={} latency_ms_max={}",
+                    stats.messages,
+                    stats.quantile(0.5),
+                    stats.quantile(0.95),
+                    stats.quantile(0.99),
+                    stats.quantile(1.0)
+                );
+                return Ok(());
+            }
             let mut printed = 0;
             let (mut valid, mut invalid) = (0u64, 0u64);
             let is_ride_events = topic == config.topics.ride_events;

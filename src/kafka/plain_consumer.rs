@@ -61,8 +61,9 @@ pub fn read_backlog(
 ) -> Result<ReadStats, KafkaError> {
     let partitions = topics::partition_count(brokers, topic)?;
     let group = format!("ridepulse-plain-consumer-{}", std::process::id());
-    let consumer: BaseConsumer =
-        settings::consumer(brokers, &group, "ridepulse-plain-consumer").create()?;
+    let consumer: BaseConsumer<settings::ConsumerLog> =
+        settings::consumer(brokers, &group, "ridepulse-plain-consumer")
+            .create_with_context(settings::ConsumerLog)?;
     let mut remaining = 0usize;
     let mut ends = Vec::new();
     let mut assignment = TopicPartitionList::new();
@@ -145,4 +146,61 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>, KafkaError> {
     })?;
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
+}
+
+/// What following a topic's new messages measured: per message, the time from its
+/// producer's create timestamp to its arrival here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowStats {
+    /// Messages received.
+    pub messages: u64,
+    /// Latencies in milliseconds, sorted.
+    pub latencies_ms: Vec<i64>,
+}
+
+impl FollowStats {
+    /// The latency at quantile `q` (0..=1), in milliseconds.
+    pub fn quantile(&self, q: f64) -> i64 {
+        if self.latencies_ms.is_empty() {
+            return 0;
+        }
+        let index = ((self.latencies_ms.len() - 1) as f64 * q).round() as usize;
+        self.latencies_ms[index]
+    }
+}
+
+/// Reads only messages produced after the start, for `duration`, and measures each one's
+/// delivery latency (producer create time → consumer receipt). The freshness baseline: how
+/// soon the job could possibly see an event.
+pub fn follow(brokers: &str, topic: &str, duration: Duration) -> Result<FollowStats, KafkaError> {
+    let partitions = topics::partition_count(brokers, topic)?;
+    let group = format!("ridepulse-follow-{}", std::process::id());
+    let consumer: BaseConsumer<settings::ConsumerLog> =
+        settings::consumer(brokers, &group, "ridepulse-follow")
+            .create_with_context(settings::ConsumerLog)?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(15))?;
+        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut stats = FollowStats::default();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Some(created) = message.timestamp().to_millis() {
+                    stats.latencies_ms.push(now - created);
+                }
+                stats.messages += 1;
+            }
+            Some(Err(RdKafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error))
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
+            Some(Err(error)) => return Err(KafkaError::Client(error)),
+        }
+    }
+    stats.latencies_ms.sort_unstable();
+    Ok(stats)
 }

@@ -4,7 +4,42 @@
 //! every delivery report counted, offsets committed only behind durable writes) and
 //! seconds of freshness (short fetch waits, no backoff on a full fetch queue).
 
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+
+/// The context for our consumers: librdkafka reports reaching a partition's end (which we
+/// ask for with `enable.partition.eof`) as a "global error"; that is a normal signal, not
+/// worth an ERROR line. Everything else is logged with tracing.
+pub struct ConsumerLog;
+
+impl ClientContext for ConsumerLog {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerLog {}
+
+/// Extra librdkafka properties from the environment, applied last to every client:
+/// `RIDEPULSE_LIBRDKAFKA="key=value,key=value"` (e.g. `debug=fetch`, or `security.protocol`
+/// and SASL settings for a managed cluster). An escape hatch: not validated here, librdkafka
+/// names a bad key when the client is created.
+pub const EXTRA_PROPERTIES_ENV: &str = "RIDEPULSE_LIBRDKAFKA";
+
+fn apply_extra(config: &mut ClientConfig) {
+    if let Ok(extra) = std::env::var(EXTRA_PROPERTIES_ENV) {
+        for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
+            if let Some((key, value)) = pair.split_once('=') {
+                config.set(key.trim(), value.trim());
+            }
+        }
+    }
+}
 
 /// A client config with the settings every ridepulse client shares.
 fn base(brokers: &str, client_id: &str) -> ClientConfig {
@@ -16,6 +51,7 @@ fn base(brokers: &str, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // fail a metadata request quickly so an unreachable broker is reported, not awaited.
         .set("socket.connection.setup.timeout.ms", "10000");
+    apply_extra(&mut config);
     config
 }
 
@@ -45,6 +81,7 @@ pub fn producer(brokers: &str, client_id: &str) -> ClientConfig {
         .set("partitioner", "murmur2_random")
         // give a restarting broker two minutes before a message counts as failed.
         .set("message.timeout.ms", "120000");
+    apply_extra(&mut config);
     config
 }
 
@@ -72,5 +109,6 @@ pub fn consumer(brokers: &str, group_id: &str, client_id: &str) -> ClientConfig 
         .set("queued.max.messages.kbytes", "262144")
         // retry a failed fetch quickly rather than after the 500 ms default.
         .set("fetch.error.backoff.ms", "50");
+    apply_extra(&mut config);
     config
 }
