@@ -18,7 +18,7 @@ fn stack(state: &Path, port: u16, action: &str) {
         .arg(script)
         .args([action, "tansu"])
         .env("RIDEPULSE_STACK_DIR", state)
-        .env("RIDEPULSE_KAFKA_PORT", port.to_string())
+        .env("RIDEPULSE_STACK_KAFKA_PORT", port.to_string())
         .output()
         .unwrap();
     assert!(
