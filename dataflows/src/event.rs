@@ -417,13 +417,16 @@ mod tests {
             "2026-11-23T25:00:00",
             "1700000000",
         ] {
-            let error = RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes())
-                .unwrap_err();
+            let error =
+                RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes()).unwrap_err();
             assert!(
                 matches!(error, EventError::BadTimestamp(_)),
                 "{text}: {error}"
             );
-            assert!(error.to_string().starts_with("field `timestamp`"), "{error}");
+            assert!(
+                error.to_string().starts_with("field `timestamp`"),
+                "{error}"
+            );
         }
         let error = RideEvent::parse(with("timestamp", "1700000000").as_bytes()).unwrap_err();
         assert_eq!(
@@ -486,7 +489,10 @@ mod tests {
             "{error}"
         );
         let error = RideEvent::parse(with("city", "42").as_bytes()).unwrap_err();
-        assert!(error.to_string().starts_with("field `city`: invalid type"), "{error}");
+        assert!(
+            error.to_string().starts_with("field `city`: invalid type"),
+            "{error}"
+        );
         let error = RideEvent::parse(with("pickup", "{\"lat\": 1}").as_bytes()).unwrap_err();
         assert!(error.to_string().contains("pickup"), "{error}");
     }
@@ -503,7 +509,10 @@ mod tests {
             b"{} {}",
         ] {
             let error = RideEvent::parse(bytes).unwrap_err();
-            assert!(matches!(error, EventError::NotJson(_)), "{bytes:?}: {error:?}");
+            assert!(
+                matches!(error, EventError::NotJson(_)),
+                "{bytes:?}: {error:?}"
+            );
         }
     }
 
@@ -530,7 +539,9 @@ mod tests {
         }
 
         fn point() -> impl Strategy<Value = Option<GeoPoint>> {
-            proptest::option::of((-90.0..90.0f64, -180.0..180.0f64).prop_map(|(lat, lng)| GeoPoint { lat, lng }))
+            proptest::option::of(
+                (-90.0..90.0f64, -180.0..180.0f64).prop_map(|(lat, lng)| GeoPoint { lat, lng }),
+            )
         }
 
         fn event() -> impl Strategy<Value = RideEvent> {
@@ -547,7 +558,17 @@ mod tests {
                 point(),
             )
                 .prop_map(
-                    |(event_type, ride_id, millis, city, estimated_fare, user_id, driver_id, pickup, dropoff)| RideEvent {
+                    |(
+                        event_type,
+                        ride_id,
+                        millis,
+                        city,
+                        estimated_fare,
+                        user_id,
+                        driver_id,
+                        pickup,
+                        dropoff,
+                    )| RideEvent {
                         event_type,
                         ride_id,
                         timestamp: Timestamp(millis),
