@@ -4,9 +4,28 @@
 //! can be checked against an independent recomputation without a broker or a database.
 //! The connectors (Kafka, ClickHouse) live in the `ridepulse` package and feed these graphs.
 //!
+//! ```text
+//!  partitions ──► source (per worker: its partitions, lateness per partition,
+//!                 capability = watermark minute)
+//!                   │ SourcedEvent at time = event minute (late: at the capability)
+//!                   ├──────────────► late events
+//!                   ▼ exchange by city
+//!                 CityWindows (minute buckets; final when the frontier passes a window's
+//!                 end; updates at most once per emit interval) ──► CityMetricsRow
+//! ```
+//!
 //! A tour:
 //! - [`event`]: ride events and driver locations exactly as SPEC §2 defines them, with
 //!   parsing that names the field at fault (the text goes into dead-letter headers).
+//! - [`watermark`]: per-partition event-time clocks: lateness and the watermark (SPEC §3).
+//! - [`partitioned_source`]: the source over in-memory partitions, and [`partitioned_source::EventStamper`],
+//!   the emission rule every source shares.
+//! - [`city_metrics`]: the sliding-window operator.
+//! - [`metrics_row`]: the output row of SPEC §4.
 #![deny(missing_docs)]
 
+pub mod city_metrics;
 pub mod event;
+pub mod metrics_row;
+pub mod partitioned_source;
+pub mod watermark;

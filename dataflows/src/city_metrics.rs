@@ -1,0 +1,275 @@
+//! The rolling city metrics of SPEC §3: sliding event-time windows per city, closed by the
+//! watermark, emitted in update mode.
+//!
+//! Events arrive at timely time = their event minute (sources guarantee this; see
+//! `partitioned_source`). They are exchanged by city, so each city's windows live on one
+//! worker, and added to one *minute bucket* each; a window `[s, s + length)` is the union of
+//! its minute buckets, so an event touches one bucket rather than five windows. A window is
+//! final once the input frontier has passed its end (no minute before the end can still
+//! arrive); its final row is emitted once with `is_final = 1`, and buckets no open window
+//! needs are dropped with their capabilities, so state stays bounded behind the frontier.
+//! While a window is open, its row is emitted at most once per emit interval when it
+//! changed (`is_final = 0`, `version` = its event count so far).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::event::{EventType, Timestamp};
+use crate::metrics_row::{CityMetricsRow, FINAL_VERSION};
+use crate::partitioned_source::SourcedEvent;
+
+/// Window shape and emission settings.
+#[derive(Clone, Debug)]
+pub struct WindowConfig {
+    /// Window length in minutes (a multiple of the slide).
+    pub length_minutes: u64,
+    /// Slide in minutes; windows start at multiples of it since the Unix epoch.
+    pub slide_minutes: u64,
+    /// Minimum time between two updates of an open window.
+    pub emit_interval: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            length_minutes: 5,
+            slide_minutes: 1,
+            emit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A late event, for the job's late-event counters (and `ride_events.is_late`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LateEvent {
+    /// Its city.
+    pub city: String,
+    /// Its event time.
+    pub timestamp: Timestamp,
+}
+
+/// What [`build`] produces.
+pub struct CityMetrics<'scope> {
+    /// Metric rows: updates while windows are open, one final row per window.
+    pub rows: StreamVec<'scope, u64, CityMetricsRow>,
+    /// Every late event (they add to no window).
+    pub late: StreamVec<'scope, u64, LateEvent>,
+}
+
+/// One city's events in one minute.
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    total: u64,
+    requests: u64,
+    completions: u64,
+    cancellations: u64,
+    /// Fares summed in nanounits: integer addition is exact and order-independent, so a
+    /// replay gives bit-identical averages whatever the interleaving.
+    fare_nanos: i128,
+    fares: u64,
+    riders: HashSet<String>,
+}
+
+/// The operator's state: minute buckets per city, the capabilities that let us emit for
+/// them, and which windows changed since the last update.
+struct WindowState {
+    config: WindowConfig,
+    buckets: BTreeMap<(String, u64), Bucket>,
+    capabilities: BTreeMap<u64, Capability<u64>>,
+    /// Windows (start minute, city) changed since their last update.
+    dirty: BTreeSet<(u64, String)>,
+    /// Every window ending at or before this minute has had its final row.
+    finalized_to: u64,
+    last_flush: Instant,
+}
+
+impl WindowState {
+    fn add(&mut self, event: &SourcedEvent, minute: u64) {
+        let e = &event.event;
+        let bucket = self.buckets.entry((e.city.clone(), minute)).or_default();
+        bucket.total += 1;
+        match e.event_type {
+            EventType::Requested => bucket.requests += 1,
+            EventType::Completed => bucket.completions += 1,
+            EventType::Cancelled => bucket.cancellations += 1,
+            EventType::Accepted | EventType::Started => {}
+        }
+        if let Some(fare) = e.estimated_fare {
+            bucket.fare_nanos += (fare * 1e9).round() as i128;
+            bucket.fares += 1;
+        }
+        if !bucket.riders.contains(&e.user_id) {
+            bucket.riders.insert(e.user_id.clone());
+        }
+        for start in self.window_starts(minute) {
+            self.dirty.insert((start, e.city.clone()));
+        }
+    }
+
+    /// Starts of the windows containing `minute`.
+    fn window_starts(&self, minute: u64) -> impl Iterator<Item = u64> {
+        let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
+        let last = minute - minute % slide;
+        let first = (minute + 1).saturating_sub(length).div_ceil(slide) * slide;
+        (first..=last).step_by(slide as usize)
+    }
+
+    fn row(&self, start: u64, city: &str, is_final: bool) -> Option<CityMetricsRow> {
+        let end = start + self.config.length_minutes;
+        let mut row = CityMetricsRow {
+            window_start: Timestamp(start as i64 * 60_000),
+            window_end: Timestamp(end as i64 * 60_000),
+            city: city.to_string(),
+            total_events: 0,
+            requests: 0,
+            completions: 0,
+            cancellations: 0,
+            avg_fare: None,
+            unique_riders: 0,
+            is_final: u8::from(is_final),
+            version: 0,
+            updated_at: Timestamp(chrono::Utc::now().timestamp_millis()),
+        };
+        let (mut fare_nanos, mut fares) = (0i128, 0u64);
+        let mut riders: HashSet<&str> = HashSet::new();
+        let range = (city.to_string(), start)..(city.to_string(), end);
+        for (_, bucket) in self.buckets.range(range) {
+            row.total_events += bucket.total;
+            row.requests += bucket.requests;
+            row.completions += bucket.completions;
+            row.cancellations += bucket.cancellations;
+            fare_nanos += bucket.fare_nanos;
+            fares += bucket.fares;
+            riders.extend(bucket.riders.iter().map(String::as_str));
+        }
+        if row.total_events == 0 {
+            return None;
+        }
+        row.avg_fare = (fares > 0).then(|| fare_nanos as f64 / 1e9 / fares as f64);
+        row.unique_riders = riders.len() as u64;
+        row.version = if is_final {
+            FINAL_VERSION
+        } else {
+            row.total_events
+        };
+        Some(row)
+    }
+
+    /// A capability to emit a window's row at: the one of its latest minute with data.
+    fn capability_for(&self, start: u64) -> Option<&Capability<u64>> {
+        self.capabilities
+            .range(start..start + self.config.length_minutes)
+            .next_back()
+            .map(|(_, capability)| capability)
+    }
+}
+
+fn city_hash(city: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    city.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Rolling per-city metrics from sourced events (timely time = event minute).
+pub fn build<'scope>(
+    events: StreamVec<'scope, u64, SourcedEvent>,
+    config: &WindowConfig,
+) -> CityMetrics<'scope> {
+    assert!(config.slide_minutes > 0 && config.length_minutes.is_multiple_of(config.slide_minutes));
+    let late = events.clone().filter(|e| e.late).map(|e| LateEvent {
+        city: e.event.city,
+        timestamp: e.event.timestamp,
+    });
+    let scope = events.scope();
+    let config = config.clone();
+    let rows = events
+        .filter(|e| !e.late)
+        .unary_frontier(
+            Exchange::new(|e: &SourcedEvent| city_hash(&e.event.city)),
+            "CityWindows",
+            move |_capability, info| {
+                let activator = scope.activator_for(info.address);
+                let mut state = WindowState {
+                    config,
+                    buckets: BTreeMap::new(),
+                    capabilities: BTreeMap::new(),
+                    dirty: BTreeSet::new(),
+                    finalized_to: 0,
+                    last_flush: Instant::now(),
+                };
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        let Some(minute) = capability.least().copied() else {
+                            return;
+                        };
+                        let port = output.output_index();
+                        state
+                            .capabilities
+                            .entry(minute)
+                            .or_insert_with(|| capability.delayed(&minute, port));
+                        for event in data.drain(..) {
+                            state.add(&event, minute);
+                        }
+                    });
+                    let length = state.config.length_minutes;
+                    // Everything before `done` is complete.
+                    let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+
+                    // Final rows for windows whose end the frontier has passed.
+                    if done > state.finalized_to {
+                        let mut closing: BTreeSet<(u64, String)> = BTreeSet::new();
+                        for (city, minute) in state.buckets.keys() {
+                            for start in state.window_starts(*minute) {
+                                let end = start + length;
+                                if end > state.finalized_to && end <= done {
+                                    closing.insert((start, city.clone()));
+                                }
+                            }
+                        }
+                        for (start, city) in &closing {
+                            if let (Some(row), Some(capability)) =
+                                (state.row(*start, city, true), state.capability_for(*start))
+                            {
+                                output.session(capability).give(row);
+                            }
+                            state.dirty.remove(&(*start, city.clone()));
+                        }
+                        state.finalized_to = done;
+                        // Evict what no open window needs, with its capability.
+                        state
+                            .buckets
+                            .retain(|(_, minute), _| minute + length > done);
+                        state
+                            .capabilities
+                            .retain(|minute, _| minute + length > done);
+                    }
+
+                    // Updates of open windows, at most once per emit interval.
+                    if !state.dirty.is_empty() {
+                        let since = state.last_flush.elapsed();
+                        if since >= state.config.emit_interval {
+                            for (start, city) in std::mem::take(&mut state.dirty) {
+                                if let (Some(row), Some(capability)) =
+                                    (state.row(start, &city, false), state.capability_for(start))
+                                {
+                                    output.session(capability).give(row);
+                                }
+                            }
+                            state.last_flush = Instant::now();
+                        } else {
+                            activator.activate_after(state.config.emit_interval - since);
+                        }
+                    }
+                }
+            },
+        )
+        .container::<Vec<_>>();
+    CityMetrics { rows, late }
+}

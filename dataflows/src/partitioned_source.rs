@@ -1,0 +1,178 @@
+//! A timely source over in-memory partitions: the test and benchmark input, and the shape
+//! every real source (files, Kafka) follows.
+//!
+//! Each worker owns the partitions `p` with `p % peers == index`, reads them in order in
+//! bounded round-robin batches, judges lateness with a [`WatermarkTracker`], and emits
+//! [`SourcedEvent`]s through [`EventStamper`]: on-time events at their event minute, late ones
+//! at the held capability. Its capability follows the watermark; a finished partition stops
+//! holding it, and when all are finished the capability is dropped (the `--until-end`
+//! semantics: every window becomes final).
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::event::RideEvent;
+use crate::watermark::WatermarkTracker;
+
+/// A valid event as a source read it, with where it came from and the lateness verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourcedEvent {
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// The event.
+    pub event: RideEvent,
+    /// SPEC §3's verdict: a late event adds to no window.
+    pub late: bool,
+}
+
+/// The minute (timely timestamp) of an event time in milliseconds.
+pub fn minute_of(ms: i64) -> u64 {
+    ms.div_euclid(60_000).max(0) as u64
+}
+
+/// Decides the timely time each event is emitted at, and keeps a source's capability at
+/// the watermark. Shared by every source.
+pub struct EventStamper {
+    /// Per-partition clocks.
+    pub tracker: WatermarkTracker,
+    capability: Option<Capability<u64>>,
+}
+
+impl EventStamper {
+    /// Wraps a source's initial capability.
+    pub fn new(tracker: WatermarkTracker, capability: Capability<u64>) -> EventStamper {
+        EventStamper {
+            tracker,
+            capability: Some(capability),
+        }
+    }
+
+    /// The capability held, if any.
+    pub fn capability(&self) -> Option<&Capability<u64>> {
+        self.capability.as_ref()
+    }
+
+    /// Judges an event read from `partition` and returns it with the capability to send it
+    /// at: its own minute when on time, the held capability when late (per-partition rule,
+    /// or a minute that is already final, which happens only to a partition that was idle).
+    pub fn stamp(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        event: RideEvent,
+        now: Instant,
+    ) -> (Capability<u64>, SourcedEvent) {
+        let held = self
+            .capability
+            .as_ref()
+            .expect("a source stamps only while it holds a capability");
+        let millis = event.timestamp.millis();
+        let mut late = self.tracker.observe(partition, millis, now);
+        let minute = minute_of(millis);
+        if minute < *held.time() {
+            late = true;
+        }
+        let capability = if late {
+            held.clone()
+        } else {
+            held.delayed(&minute)
+        };
+        (
+            capability,
+            SourcedEvent {
+                partition,
+                offset,
+                event,
+                late,
+            },
+        )
+    }
+
+    /// Moves the capability up to the watermark's minute; drops it when every partition is
+    /// finished. Returns whether a capability is still held.
+    pub fn advance(&mut self, now: Instant) -> bool {
+        if self.tracker.all_finished() {
+            self.capability = None;
+            return false;
+        }
+        if let (Some(capability), Some(mark)) =
+            (self.capability.as_mut(), self.tracker.watermark_ms(now))
+        {
+            let minute = minute_of(mark);
+            if minute > *capability.time() {
+                capability.downgrade(&minute);
+            }
+        }
+        self.capability.is_some()
+    }
+}
+
+/// How the in-memory source reads.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// SPEC §3's allowed lateness.
+    pub allowed_lateness: Duration,
+    /// Events read from one partition per turn (varies the read interleaving in tests).
+    pub batch: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            allowed_lateness: Duration::from_secs(30),
+            batch: 1024,
+        }
+    }
+}
+
+/// A source reading `partitions[p]` (in order) as partition `p`; this worker reads those
+/// with `p % peers == index`.
+pub fn replay<'scope>(
+    scope: Scope<'scope, u64>,
+    partitions: &[Vec<RideEvent>],
+    config: ReplayConfig,
+) -> StreamVec<'scope, u64, SourcedEvent> {
+    let (index, peers) = (scope.index(), scope.peers());
+    let mut mine: Vec<(u32, std::vec::IntoIter<RideEvent>, u64)> = partitions
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| p % peers == index)
+        .map(|(p, events)| (p as u32, events.clone().into_iter(), 0))
+        .collect();
+    source(scope, "ReplaySource", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let now = Instant::now();
+        // Idleness never applies: in-memory partitions are read to their end, then finished.
+        let mut tracker = WatermarkTracker::new(config.allowed_lateness, Duration::MAX);
+        for (p, _, _) in &mine {
+            tracker.add_partition(*p, now);
+        }
+        let mut stamper = EventStamper::new(tracker, capability);
+        move |output| {
+            if stamper.capability().is_none() {
+                return;
+            }
+            let now = Instant::now();
+            for (partition, events, offset) in mine.iter_mut() {
+                for event in events.by_ref().take(config.batch) {
+                    let (capability, sourced) = stamper.stamp(*partition, *offset, event, now);
+                    output.session(&capability).give(sourced);
+                    *offset += 1;
+                }
+                if events.len() == 0 {
+                    stamper.tracker.finish(*partition);
+                }
+            }
+            if stamper.advance(now) {
+                activator.activate();
+            }
+        }
+    })
+    .container::<Vec<_>>()
+}

@@ -1,0 +1,274 @@
+//! Oracle tests: the city-metrics dataflow against a naive batch recomputation written here,
+//! independently of the operator, on seeded random streams with out-of-order and very late
+//! events, several partitions with skewed clocks, repeated riders and missing fares. Run
+//! with 1, 2 and 4 workers and several read interleavings: the final rows must be exactly
+//! the oracle's every time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dataflows::city_metrics::{build, WindowConfig};
+use dataflows::event::{EventType, RideEvent, Timestamp};
+use dataflows::metrics_row::{CityMetricsRow, FINAL_VERSION};
+use dataflows::partitioned_source::{replay, ReplayConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use timely::dataflow::operators::Inspect;
+
+const BASE_MS: i64 = 1_795_428_000_000; // a minute boundary
+const CITIES: [&str; 6] = ["london", "berlin", "paris", "vienna", "brno", "kosice"];
+
+/// Partitions of events: each partition has its own clock (skewed by minutes from the
+/// others), events jitter up to 25 s behind it, and about 4 % are minutes late.
+fn generate(seed: u64, partitions: usize, per_partition: usize) -> Vec<Vec<RideEvent>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..partitions)
+        .map(|p| {
+            let mut clock = BASE_MS + rng.random_range(0..600_000) + p as i64 * 37_000;
+            (0..per_partition)
+                .map(|i| {
+                    clock += rng.random_range(0..4_000);
+                    let timestamp = if rng.random_bool(0.04) {
+                        clock - rng.random_range(31_000..900_000)
+                    } else {
+                        clock - rng.random_range(0..25_000) + rng.random_range(0..2_000)
+                    };
+                    let city = CITIES[(CITIES.len() as f64 * rng.random::<f64>().powi(2)) as usize];
+                    let event_type = EventType::ALL[rng.random_range(0..5)];
+                    let estimated_fare = match event_type {
+                        EventType::Requested | EventType::Completed => {
+                            Some((rng.random_range(300..6000) as f64) / 100.0)
+                        }
+                        EventType::Accepted if rng.random_bool(0.3) => {
+                            Some(rng.random_range(1.0..80.0))
+                        }
+                        _ => None,
+                    };
+                    RideEvent {
+                        event_type,
+                        ride_id: format!("ride-{p}-{i}"),
+                        timestamp: Timestamp(timestamp),
+                        city: city.to_string(),
+                        estimated_fare,
+                        user_id: format!("user-{}", (60.0 * rng.random::<f64>().powi(2)) as u32),
+                        driver_id: None,
+                        pickup: None,
+                        dropoff: None,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[derive(Default, Debug)]
+struct Expected {
+    total: u64,
+    requests: u64,
+    completions: u64,
+    cancellations: u64,
+    fares: Vec<f64>,
+    riders: BTreeSet<String>,
+}
+
+/// SPEC §3 done the slow, obvious way.
+fn oracle(
+    partitions: &[Vec<RideEvent>],
+) -> (BTreeMap<(i64, String), Expected>, BTreeMap<String, u64>) {
+    let mut windows: BTreeMap<(i64, String), Expected> = BTreeMap::new();
+    let mut late: BTreeMap<String, u64> = BTreeMap::new();
+    for partition in partitions {
+        let mut largest: Option<i64> = None;
+        for event in partition {
+            let t = event.timestamp.0;
+            let is_late = matches!(largest, Some(max) if max - t > 30_000);
+            largest = Some(largest.map_or(t, |max| max.max(t)));
+            if is_late {
+                *late.entry(event.city.clone()).or_default() += 1;
+                continue;
+            }
+            let minute_start = t - t.rem_euclid(60_000);
+            for k in 0..5 {
+                let start = minute_start - k * 60_000;
+                let w = windows.entry((start, event.city.clone())).or_default();
+                w.total += 1;
+                w.requests += u64::from(event.event_type == EventType::Requested);
+                w.completions += u64::from(event.event_type == EventType::Completed);
+                w.cancellations += u64::from(event.event_type == EventType::Cancelled);
+                if let Some(fare) = event.estimated_fare {
+                    w.fares.push(fare);
+                }
+                w.riders.insert(event.user_id.clone());
+            }
+        }
+    }
+    (windows, late)
+}
+
+/// Runs the dataflow; returns every row emitted and the late events per city.
+fn run(
+    partitions: &[Vec<RideEvent>],
+    workers: usize,
+    batch: usize,
+) -> (Vec<CityMetricsRow>, BTreeMap<String, u64>) {
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let late = Arc::new(Mutex::new(BTreeMap::new()));
+    let input = Arc::new(partitions.to_vec());
+    let (rows2, late2) = (rows.clone(), late.clone());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (rows, late, input) = (rows2.clone(), late2.clone(), input.clone());
+        worker.dataflow::<u64, _, _>(|scope| {
+            let events = replay(
+                scope,
+                &input,
+                ReplayConfig {
+                    allowed_lateness: Duration::from_secs(30),
+                    batch,
+                },
+            );
+            let metrics = build(
+                events,
+                &WindowConfig {
+                    emit_interval: Duration::from_millis(1),
+                    ..WindowConfig::default()
+                },
+            );
+            metrics
+                .rows
+                .inspect(move |row| rows.lock().unwrap().push(row.clone()));
+            metrics
+                .late
+                .inspect(move |e| *late.lock().unwrap().entry(e.city.clone()).or_insert(0u64) += 1);
+        });
+    })
+    .unwrap()
+    .join()
+    .into_iter()
+    .for_each(|result| result.unwrap());
+    let rows = rows.lock().unwrap().clone();
+    let late = late.lock().unwrap().clone();
+    (rows, late)
+}
+
+fn check(seed: u64, partitions: usize, per_partition: usize, workers: usize, batch: usize) {
+    let input = generate(seed, partitions, per_partition);
+    let (expected, expected_late) = oracle(&input);
+    let (rows, late) = run(&input, workers, batch);
+    let what = format!("seed {seed}, {partitions} partitions, {workers} workers, batch {batch}");
+
+    let mut finals: BTreeMap<(i64, String), &CityMetricsRow> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.is_final == 1) {
+        assert_eq!(row.version, FINAL_VERSION);
+        let key = (row.window_start.0, row.city.clone());
+        assert!(
+            finals.insert(key.clone(), row).is_none(),
+            "{what}: two final rows for {key:?}"
+        );
+    }
+    assert_eq!(
+        finals.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: final windows differ"
+    );
+    for (key, want) in &expected {
+        let got = finals[key];
+        assert_eq!(got.window_end.0 - got.window_start.0, 300_000);
+        let counts = (
+            got.total_events,
+            got.requests,
+            got.completions,
+            got.cancellations,
+            got.unique_riders,
+        );
+        let want_counts = (
+            want.total,
+            want.requests,
+            want.completions,
+            want.cancellations,
+            want.riders.len() as u64,
+        );
+        assert_eq!(counts, want_counts, "{what}: {key:?}");
+        match (got.avg_fare, want.fares.is_empty()) {
+            (None, true) => {}
+            (Some(avg), false) => {
+                let mean = want.fares.iter().sum::<f64>() / want.fares.len() as f64;
+                assert!(
+                    ((avg - mean) / mean).abs() < 1e-9,
+                    "{what}: {key:?} avg {avg} want {mean}"
+                );
+            }
+            (got, _) => panic!(
+                "{what}: {key:?} avg_fare {got:?} but {} fares",
+                want.fares.len()
+            ),
+        }
+    }
+    assert_eq!(late, expected_late, "{what}: late events per city");
+    assert!(late.values().sum::<u64>() > 0, "the input has late events");
+
+    // Updates: never final, versioned by their count, never above the final row.
+    for row in rows.iter().filter(|r| r.is_final == 0) {
+        assert_eq!(row.version, row.total_events);
+        let final_row = finals[&(row.window_start.0, row.city.clone())];
+        assert!(
+            row.total_events <= final_row.total_events,
+            "{what}: an update above its final row"
+        );
+    }
+}
+
+#[test]
+fn one_worker_matches_the_oracle() {
+    for seed in [1, 2, 3] {
+        check(seed, 4, 2_000, 1, 1024);
+    }
+}
+
+#[test]
+fn two_and_four_workers_match_the_oracle() {
+    for (seed, workers) in [(4, 2), (5, 4), (6, 2), (7, 4)] {
+        check(seed, 12, 800, workers, 1024);
+    }
+}
+
+#[test]
+fn the_read_interleaving_does_not_change_the_results() {
+    for batch in [1, 7, 100_000] {
+        check(8, 6, 1_500, 2, batch);
+    }
+}
+
+#[test]
+fn more_workers_than_partitions_do_not_stall_the_job() {
+    check(9, 2, 2_000, 4, 64);
+}
+
+#[test]
+fn an_empty_partition_does_not_stall_windows() {
+    let mut input = generate(10, 3, 2_000);
+    input.push(Vec::new());
+    let (expected, _) = oracle(&input);
+    let (rows, _) = run(&input, 2, 128);
+    let finals = rows.iter().filter(|r| r.is_final == 1).count();
+    assert_eq!(finals, expected.len());
+}
+
+#[test]
+fn one_and_four_workers_emit_identical_final_rows() {
+    let input = generate(11, 8, 1_000);
+    let finals = |workers| {
+        let (rows, _) = run(&input, workers, 256);
+        let mut finals: Vec<CityMetricsRow> = rows
+            .into_iter()
+            .filter(|r| r.is_final == 1)
+            .map(|r| CityMetricsRow {
+                updated_at: Timestamp(0),
+                ..r
+            })
+            .collect();
+        finals.sort_by(|a, b| (a.window_start, &a.city).cmp(&(b.window_start, &b.city)));
+        finals
+    };
+    assert_eq!(finals(1), finals(4), "bit-identical, including avg_fare");
+}
