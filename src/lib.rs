@@ -13,12 +13,14 @@
 //! - [`config`]: layered configuration (defaults → file → environment → flags) whose
 //!   errors name the key.
 //! - [`kafka`]: client settings with their reasons, topic admin, a delivery-counting
-//!   producer, a plain backlog consumer.
+//!   producer, a plain backlog consumer, and the source operator that drives the dataflow.
+//! - [`job`]: `ridepulse run`, the city-metrics job (Kafka source → dataflow → rows).
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod job;
 pub mod kafka;
 pub mod simulator;
 pub mod telemetry;

@@ -41,6 +41,24 @@ enum Command {
     Simulate(SimulateArgs),
     /// Read a topic's whole backlog with a plain consumer and report what it holds.
     Consume(ConsumeArgs),
+    /// Run the city-metrics job on ride-events, printing metric rows as JSON lines.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Read up to the end offsets that exist at start, emit every window's final row, exit 0.
+    #[arg(long)]
+    until_end: bool,
+    /// Print only final rows (is_final = 1).
+    #[arg(long)]
+    final_only: bool,
+    /// Consumer group (default: ridepulse-city-metrics).
+    #[arg(long, default_value = "ridepulse-city-metrics")]
+    group: String,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +172,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Simulate(args) => simulate(&config, args)?,
+        Command::Run(args) => {
+            if args.workers == 0 {
+                bail!("-w/--workers must be at least 1");
+            }
+            let options = ridepulse::job::RunOptions {
+                workers: args.workers,
+                until_end: args.until_end,
+                final_only: args.final_only,
+                group_id: args.group,
+            };
+            let summary = ridepulse::job::run(
+                &config,
+                &options,
+                std::io::BufWriter::new(std::io::stdout()),
+            )?;
+            eprintln!(
+                "events={} late={} invalid={} rows={} seconds={:.2} events_per_sec={:.0}",
+                summary.events,
+                summary.late,
+                summary.invalid,
+                summary.rows,
+                summary.elapsed.as_secs_f64(),
+                summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9)
+            );
+        }
         Command::Consume(args) => {
             let topic = args
                 .topic

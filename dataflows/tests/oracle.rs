@@ -4,15 +4,19 @@
 //! with 1, 2 and 4 workers and several read interleavings: the final rows must be exactly
 //! the oracle's every time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataflows::city_metrics::{build, WindowConfig};
 use dataflows::event::{EventType, RideEvent, Timestamp};
-use dataflows::metrics_row::{CityMetricsRow, FINAL_VERSION};
+use dataflows::metrics_row::CityMetricsRow;
 use dataflows::partitioned_source::{replay, ReplayConfig};
 use rand::{Rng, SeedableRng};
+
+#[path = "support/oracle.rs"]
+mod oracle;
+use oracle::oracle;
 use rand_chacha::ChaCha8Rng;
 use timely::dataflow::operators::Inspect;
 
@@ -60,50 +64,6 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Vec<Vec<RideE
                 .collect()
         })
         .collect()
-}
-
-#[derive(Default, Debug)]
-struct Expected {
-    total: u64,
-    requests: u64,
-    completions: u64,
-    cancellations: u64,
-    fares: Vec<f64>,
-    riders: BTreeSet<String>,
-}
-
-/// SPEC §3 done the slow, obvious way.
-fn oracle(
-    partitions: &[Vec<RideEvent>],
-) -> (BTreeMap<(i64, String), Expected>, BTreeMap<String, u64>) {
-    let mut windows: BTreeMap<(i64, String), Expected> = BTreeMap::new();
-    let mut late: BTreeMap<String, u64> = BTreeMap::new();
-    for partition in partitions {
-        let mut largest: Option<i64> = None;
-        for event in partition {
-            let t = event.timestamp.0;
-            let is_late = matches!(largest, Some(max) if max - t > 30_000);
-            largest = Some(largest.map_or(t, |max| max.max(t)));
-            if is_late {
-                *late.entry(event.city.clone()).or_default() += 1;
-                continue;
-            }
-            let minute_start = t - t.rem_euclid(60_000);
-            for k in 0..5 {
-                let start = minute_start - k * 60_000;
-                let w = windows.entry((start, event.city.clone())).or_default();
-                w.total += 1;
-                w.requests += u64::from(event.event_type == EventType::Requested);
-                w.completions += u64::from(event.event_type == EventType::Completed);
-                w.cancellations += u64::from(event.event_type == EventType::Cancelled);
-                if let Some(fare) = event.estimated_fare {
-                    w.fares.push(fare);
-                }
-                w.riders.insert(event.user_id.clone());
-            }
-        }
-    }
-    (windows, late)
 }
 
 /// Runs the dataflow; returns every row emitted and the late events per city.
@@ -157,53 +117,7 @@ fn check(seed: u64, partitions: usize, per_partition: usize, workers: usize, bat
     let (rows, late) = run(&input, workers, batch);
     let what = format!("seed {seed}, {partitions} partitions, {workers} workers, batch {batch}");
 
-    let mut finals: BTreeMap<(i64, String), &CityMetricsRow> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.is_final == 1) {
-        assert_eq!(row.version, FINAL_VERSION);
-        let key = (row.window_start.0, row.city.clone());
-        assert!(
-            finals.insert(key.clone(), row).is_none(),
-            "{what}: two final rows for {key:?}"
-        );
-    }
-    assert_eq!(
-        finals.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "{what}: final windows differ"
-    );
-    for (key, want) in &expected {
-        let got = finals[key];
-        assert_eq!(got.window_end.0 - got.window_start.0, 300_000);
-        let counts = (
-            got.total_events,
-            got.requests,
-            got.completions,
-            got.cancellations,
-            got.unique_riders,
-        );
-        let want_counts = (
-            want.total,
-            want.requests,
-            want.completions,
-            want.cancellations,
-            want.riders.len() as u64,
-        );
-        assert_eq!(counts, want_counts, "{what}: {key:?}");
-        match (got.avg_fare, want.fares.is_empty()) {
-            (None, true) => {}
-            (Some(avg), false) => {
-                let mean = want.fares.iter().sum::<f64>() / want.fares.len() as f64;
-                assert!(
-                    ((avg - mean) / mean).abs() < 1e-9,
-                    "{what}: {key:?} avg {avg} want {mean}"
-                );
-            }
-            (got, _) => panic!(
-                "{what}: {key:?} avg_fare {got:?} but {} fares",
-                want.fares.len()
-            ),
-        }
-    }
+    let finals = oracle::assert_final_rows_match(&rows, &expected, &what);
     assert_eq!(late, expected_late, "{what}: late events per city");
     assert!(late.values().sum::<u64>() > 0, "the input has late events");
 

@@ -5,10 +5,12 @@
 //! - [`producer`]: a producer that counts every delivery report, so nothing is dropped silently.
 //! - [`plain_consumer`]: a bare consumer over a topic's backlog, the baseline every job
 //!   figure is compared with.
+//! - [`source`]: the timely source operator: owned partitions drive the frontier.
 
 pub mod plain_consumer;
 pub mod producer;
 pub mod settings;
+pub mod source;
 pub mod topics;
 
 use thiserror::Error;
