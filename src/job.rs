@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataflows::city_metrics::{build, WindowConfig};
+use dataflows::watermark::MarksBoard;
 use timely::dataflow::operators::Inspect;
 use tracing::info;
 
@@ -67,6 +68,8 @@ pub fn run<W: Write + Send + 'static>(
         emit_interval: Duration::from_millis(config.window.emit_interval_ms),
     };
     let counters = Arc::new(SourceCounters::default());
+    // The workers combine their partitions' marks into the job's watermark here.
+    let board = Arc::new(MarksBoard::new(options.workers));
     let out = Arc::new(Mutex::new(out));
     let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
@@ -74,9 +77,15 @@ pub fn run<W: Write + Send + 'static>(
     info!(workers = options.workers, partitions, topic = %source.topic, until_end = options.until_end, "starting job");
     let (counters2, out2, rows2) = (counters.clone(), out.clone(), rows.clone());
     let guards = timely::execute(timely::Config::process(options.workers), move |worker| {
-        let (counters, out, rows) = (counters2.clone(), out2.clone(), rows2.clone());
+        let (counters, out, rows, board) = (
+            counters2.clone(),
+            out2.clone(),
+            rows2.clone(),
+            board.clone(),
+        );
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let events = kafka_source(scope, &source, counters).map_err(|e| e.to_string())?;
+            let events =
+                kafka_source(scope, &source, counters, board).map_err(|e| e.to_string())?;
             let metrics = build(events, &window);
             metrics.rows.inspect(move |row| {
                 if final_only && row.is_final == 0 {

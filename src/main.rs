@@ -182,11 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 final_only: args.final_only,
                 group_id: args.group,
             };
-            let summary = ridepulse::job::run(
-                &config,
-                &options,
-                std::io::BufWriter::new(std::io::stdout()),
-            )?;
+            // stdout is line-buffered: a live run's rows show as they are emitted.
+            let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
             eprintln!(
                 "events={} late={} invalid={} rows={} seconds={:.2} events_per_sec={:.0}",
                 summary.events,

@@ -90,7 +90,8 @@ fn run_until_end_gives_the_oracles_final_rows() {
         "the dataset has late events: {late_total}"
     );
 
-    for workers in ["1", "2", "3"] {
+    // 13 workers for 12 partitions: a worker without partitions must not stall the job.
+    for workers in ["1", "2", "13"] {
         let output = ns.try_run(&[
             "run",
             "--until-end",
@@ -117,5 +118,76 @@ fn run_until_end_gives_the_oracles_final_rows() {
         let rows = final_rows(&String::from_utf8(output.stdout).unwrap());
         oracle::assert_final_rows_match(&rows, &expected, &format!("{workers} workers"));
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Live mode: all events on one partition; the other eleven are empty, reach their end and
+/// go idle, so they must not hold the watermark back: windows become final while the job
+/// keeps running.
+#[test]
+fn idle_partitions_do_not_stall_a_live_job() {
+    let ns = Namespace::new("idle");
+    ns.create_topics();
+    let dir = std::env::temp_dir().join(format!("ridepulse-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Ten minutes of events of one ride (one key, so one partition), one every 10 s.
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            let t = Timestamp(1_795_428_000_000 + i * 10_000);
+            format!(r#"{{"event_type":"requested","ride_id":"ride-one","timestamp":"{t}","city":"brno","user_id":"u{i}","estimated_fare":10.0}}"#)
+        })
+        .collect();
+    let path = dir.join("one.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ridepulse"))
+        .args(ns.args())
+        .args([
+            "--set",
+            "window.idle_timeout_secs=1",
+            "run",
+            "-w",
+            "2",
+            "--final-only",
+            "--group",
+            "it-idle",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Largest event 9:50 past the start, minus 30 s lateness: every window ending by minute
+    // 9 becomes final while the job runs; no later window can (the job is still running).
+    let start = 1_795_428_000_000i64;
+    let expected: Vec<i64> = (1..=9).collect();
+    let mut ends: Vec<i64> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ends.len() < expected.len() && std::time::Instant::now() < deadline {
+        if let Ok(line) = received.recv_timeout(std::time::Duration::from_millis(200)) {
+            let row: CityMetricsRow = serde_json::from_str(&line).unwrap();
+            ends.push((row.window_end.0 - start) / 60_000);
+        }
+    }
+    // Give a wrongly emitted later window a moment to show up before stopping the job.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    while let Ok(line) = received.try_recv() {
+        let row: CityMetricsRow = serde_json::from_str(&line).unwrap();
+        ends.push((row.window_end.0 - start) / 60_000);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ends.sort();
+    assert_eq!(ends, expected, "final windows while running");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -16,7 +16,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::event::RideEvent;
-use crate::watermark::WatermarkTracker;
+use crate::watermark::{MarksBoard, WatermarkTracker};
 
 /// A valid event as a source read it, with where it came from and the lateness verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,16 +94,27 @@ impl EventStamper {
         )
     }
 
-    /// Moves the capability up to the watermark's minute; drops it when every partition is
-    /// finished. Returns whether a capability is still held.
+    /// Moves the capability up to the watermark's minute (this source's partitions alone);
+    /// drops it when every partition is finished. Returns whether a capability is still held.
     pub fn advance(&mut self, now: Instant) -> bool {
+        let mark = self.tracker.watermark_ms(now);
+        self.advance_to(mark)
+    }
+
+    /// Like [`EventStamper::advance`], with the job's watermark combined through a
+    /// [`MarksBoard`] shared by the workers of this process.
+    pub fn advance_shared(&mut self, now: Instant, board: &MarksBoard, worker: usize) -> bool {
+        let candidate = board.post(worker, self.tracker.local_marks(now));
+        let mark = self.tracker.advance_to(candidate);
+        self.advance_to(mark)
+    }
+
+    fn advance_to(&mut self, mark: Option<i64>) -> bool {
         if self.tracker.all_finished() {
             self.capability = None;
             return false;
         }
-        if let (Some(capability), Some(mark)) =
-            (self.capability.as_mut(), self.tracker.watermark_ms(now))
-        {
+        if let (Some(capability), Some(mark)) = (self.capability.as_mut(), mark) {
             let minute = minute_of(mark);
             if minute > *capability.time() {
                 capability.downgrade(&minute);

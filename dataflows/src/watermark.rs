@@ -95,29 +95,102 @@ impl WatermarkTracker {
         self.partitions.values().all(|c| c.finished)
     }
 
-    /// The watermark in milliseconds, or `None` while it is unknown. Monotone: it never
-    /// returns less than it returned before.
-    pub fn watermark_ms(&mut self, now: Instant) -> Option<i64> {
-        let mut least: Option<i64> = None;
+    /// This tracker's contribution to the job's watermark (see [`LocalMarks`]).
+    pub fn local_marks(&self, now: Instant) -> LocalMarks {
+        let mut marks = LocalMarks::default();
         for clock in self.partitions.values() {
             let idle = clock.at_end
                 && now.saturating_duration_since(clock.last_activity) >= self.idle_timeout;
+            let mark = clock.max_ms.map(|max| max - self.lateness_ms);
             if clock.finished || idle {
+                marks.largest_idle = marks.largest_idle.max(mark);
                 continue;
             }
-            match clock.max_ms {
-                // An active partition that has read nothing yet: nothing can be promised.
-                None => return self.published_ms,
-                Some(max) => {
-                    let mark = max - self.lateness_ms;
-                    least = Some(least.map_or(mark, |l| l.min(mark)));
+            match mark {
+                None => marks.holding = true,
+                Some(mark) => {
+                    marks.least_active = Some(marks.least_active.map_or(mark, |l| l.min(mark)))
                 }
             }
         }
-        if let Some(mark) = least {
+        marks
+    }
+
+    /// Moves the published watermark up to `candidate` (never down) and returns it.
+    pub fn advance_to(&mut self, candidate: Option<i64>) -> Option<i64> {
+        if let Some(mark) = candidate {
             self.published_ms = Some(self.published_ms.map_or(mark, |p| p.max(mark)));
         }
         self.published_ms
+    }
+
+    /// The watermark of this tracker's partitions alone, in milliseconds, or `None` while
+    /// it is unknown. Monotone: it never returns less than it returned before.
+    pub fn watermark_ms(&mut self, now: Instant) -> Option<i64> {
+        let marks = self.local_marks(now);
+        self.advance_to(LocalMarks::combine([marks]))
+    }
+}
+
+/// One tracker's (one worker's) part of the job's watermark.
+///
+/// The job's watermark is the minimum, over partitions that are neither idle nor finished,
+/// of their largest event time minus the allowed lateness; an active partition that has read
+/// nothing yet holds it where it is; when every partition is idle, nothing holds it back and
+/// it rests at the largest mark any partition reached (so a burst followed by silence still
+/// has its windows closed). Workers each own some partitions, so they combine their
+/// `LocalMarks` to get the same job watermark: a worker whose partitions are all idle then
+/// follows the others instead of holding the whole job back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMarks {
+    /// An active partition has read nothing yet.
+    pub holding: bool,
+    /// The least mark of the active partitions.
+    pub least_active: Option<i64>,
+    /// The largest mark of the idle or finished partitions.
+    pub largest_idle: Option<i64>,
+}
+
+impl LocalMarks {
+    /// The job's watermark from every part, or `None` when it cannot move now.
+    pub fn combine(parts: impl IntoIterator<Item = LocalMarks>) -> Option<i64> {
+        let (mut least, mut largest_idle) = (None::<i64>, None::<i64>);
+        for part in parts {
+            if part.holding {
+                return None;
+            }
+            if let Some(mark) = part.least_active {
+                least = Some(least.map_or(mark, |l| l.min(mark)));
+            }
+            largest_idle = largest_idle.max(part.largest_idle);
+        }
+        least.or(largest_idle)
+    }
+}
+
+/// The workers of one process post their [`LocalMarks`] here and read the job's watermark.
+#[derive(Debug)]
+pub struct MarksBoard {
+    parts: std::sync::Mutex<Vec<Option<LocalMarks>>>,
+}
+
+impl MarksBoard {
+    /// A board for `workers` workers; a worker counts once it has posted.
+    pub fn new(workers: usize) -> MarksBoard {
+        MarksBoard {
+            parts: std::sync::Mutex::new(vec![None; workers]),
+        }
+    }
+
+    /// Posts `worker`'s marks and returns the job's watermark candidate (`None` until every
+    /// worker has posted, or while one is holding).
+    pub fn post(&self, worker: usize, marks: LocalMarks) -> Option<i64> {
+        let mut parts = self.parts.lock().expect("not poisoned");
+        parts[worker] = Some(marks);
+        if parts.iter().any(Option::is_none) {
+            return None;
+        }
+        LocalMarks::combine(parts.iter().flatten().copied())
     }
 }
 
@@ -200,6 +273,64 @@ mod tests {
         let later = now + Duration::from_secs(6);
         assert!(!t.observe(0, 110_000, later));
         assert_eq!(t.watermark_ms(later), Some(470_000));
+    }
+
+    #[test]
+    fn when_every_partition_is_idle_the_watermark_rests_at_the_largest_mark() {
+        let (mut t, now) = tracker();
+        t.observe(0, 600_000, now);
+        t.add_partition(1, now);
+        t.add_partition(2, now);
+        t.set_at_end(1, true, now);
+        t.set_at_end(2, true, now);
+        assert_eq!(
+            t.watermark_ms(now),
+            None,
+            "empty partitions hold until quiet for the timeout"
+        );
+        let quiet = now + Duration::from_secs(5);
+        assert_eq!(
+            t.watermark_ms(quiet),
+            Some(570_000),
+            "then only partition 0 counts"
+        );
+        // Partition 0 goes quiet too: every partition idle, the watermark stays.
+        t.set_at_end(0, true, quiet);
+        let later = quiet + Duration::from_secs(5);
+        assert_eq!(t.watermark_ms(later), Some(570_000));
+        t.observe(1, 100_000, later);
+        assert_eq!(
+            t.watermark_ms(later),
+            Some(570_000),
+            "a returning partition cannot pull it back"
+        );
+    }
+
+    #[test]
+    fn a_worker_whose_partitions_are_all_idle_follows_the_others() {
+        let (mut busy, now) = tracker();
+        let (mut quiet, _) = tracker();
+        busy.observe(1, 600_000, now);
+        quiet.add_partition(0, now);
+        quiet.set_at_end(0, true, now);
+        let board = MarksBoard::new(2);
+        assert_eq!(
+            board.post(0, quiet.local_marks(now)),
+            None,
+            "worker 1 has not posted"
+        );
+        let later = now + Duration::from_secs(5);
+        assert_eq!(
+            board.post(1, busy.local_marks(later)),
+            None,
+            "worker 0 was holding when it posted"
+        );
+        assert_eq!(board.post(0, quiet.local_marks(later)), Some(570_000));
+        assert_eq!(quiet.advance_to(Some(570_000)), Some(570_000));
+        assert_eq!(quiet.advance_to(Some(10)), Some(570_000), "never backwards");
+        // A worker with an active partition that has read nothing holds everyone.
+        quiet.add_partition(2, later);
+        assert_eq!(board.post(0, quiet.local_marks(later)), None);
     }
 
     #[test]

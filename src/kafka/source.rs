@@ -13,13 +13,14 @@
 //! finished, so every window becomes final and the dataflow completes: the mode for
 //! backfills, tests and benchmarks.
 
+use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::event::RideEvent;
 use dataflows::partitioned_source::{EventStamper, SourcedEvent};
-use dataflows::watermark::WatermarkTracker;
+use dataflows::watermark::{MarksBoard, WatermarkTracker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
@@ -71,6 +72,7 @@ pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     config: &SourceConfig,
     counters: Arc<SourceCounters>,
+    board: Arc<MarksBoard>,
 ) -> Result<StreamVec<'scope, u64, SourcedEvent>, KafkaError> {
     let (worker, peers) = (scope.index(), scope.peers());
     let mine: Vec<i32> = (0..config.partitions)
@@ -85,11 +87,13 @@ pub fn kafka_source<'scope>(
     let mut assignment = TopicPartitionList::new();
     // Per owned partition: the end offset to stop at (until_end) and where reading starts.
     let mut ends: Vec<(i32, Option<i64>)> = Vec::new();
+    let mut starts: Vec<i64> = Vec::new();
     for &partition in &mine {
         let (low, high) =
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(low))?;
         ends.push((partition, config.until_end.then_some(high)));
+        starts.push(low);
     }
     consumer.assign(&assignment)?;
     info!(worker, partitions = ?mine, topic = %config.topic, "source assigned");
@@ -106,6 +110,10 @@ pub fn kafka_source<'scope>(
             }
         }
         let mut finished: Vec<bool> = ends.iter().map(|(_, end)| end.is_some_and(|e| e <= 0)).collect();
+        // The next offset to read per owned partition: at its end when it reaches the high
+        // watermark librdkafka caches from every fetch response.
+        let mut next: Vec<i64> = starts.clone();
+        let topic = CString::new(config.topic.clone()).expect("topic names have no NUL");
         let mut stamper = EventStamper::new(tracker, capability);
         move |output| {
             if stamper.capability().is_none() {
@@ -117,10 +125,8 @@ pub fn kafka_source<'scope>(
                 let message = match consumer.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(message)) => message,
-                    Some(Err(RdKafkaError::PartitionEOF(partition))) => {
-                        stamper.tracker.set_at_end(partition as u32, true, now);
-                        continue;
-                    }
+                    // End of a partition is read from positions below, not from these events.
+                    Some(Err(RdKafkaError::PartitionEOF(_))) => continue,
                     Some(Err(error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => continue,
                     Some(Err(error)) => {
                         // Transient client errors (broker restarts) are retried by librdkafka.
@@ -132,6 +138,7 @@ pub fn kafka_source<'scope>(
                 let partition = message.partition();
                 let offset = message.offset();
                 let Some(slot) = ends.iter().position(|(p, _)| *p == partition) else { continue };
+                next[slot] = next[slot].max(offset + 1);
                 if finished[slot] {
                     continue;
                 }
@@ -166,7 +173,17 @@ pub fn kafka_source<'scope>(
                     }
                 }
             }
-            if !stamper.advance(now) {
+            // Drained what was fetched: which partitions are at their end? (librdkafka's
+            // partition-EOF events reach the client context without their partition, so the
+            // position is compared with the high watermark of the last fetch response.)
+            if handled < MAX_MESSAGES_PER_ACTIVATION {
+                for (slot, (partition, _)) in ends.iter().enumerate() {
+                    if let Some(high) = cached_high_watermark(&consumer, &topic, *partition) {
+                        stamper.tracker.set_at_end(*partition as u32, next[slot] >= high, now);
+                    }
+                }
+            }
+            if !stamper.advance_shared(now, &board, worker) {
                 info!(worker, "source finished");
                 return;
             }
@@ -178,4 +195,29 @@ pub fn kafka_source<'scope>(
         }
     })
     .container::<Vec<_>>())
+}
+
+/// The high watermark librdkafka cached from the last fetch response for a partition, with
+/// no broker round trip (asking the broker would queue behind a long fetch on the same
+/// connection). `None` until a fetch has answered for it.
+fn cached_high_watermark(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &CString,
+    partition: i32,
+) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives (borrowed here), `topic` is
+    // a NUL-terminated string that outlives the call, and `low`/`high` are valid for writes;
+    // rd_kafka_get_watermark_offsets only reads librdkafka's own cached state under its lock.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }

@@ -44,6 +44,11 @@ impl Namespace {
         }
     }
 
+    /// The flags that select this namespace's configuration.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     /// Runs `ridepulse <args>` with this namespace's topics; panics with its output on failure.
     pub fn run(&self, args: &[&str]) -> String {
         let output = self.try_run(args);
