@@ -102,14 +102,19 @@ pub fn kafka_source<'scope>(
         let activator = scope.activator_for(info.address);
         let now = Instant::now();
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, config.idle_timeout);
-        for (partition, end) in &ends {
+        // An until_end partition with nothing retained (its end at its start, which is not
+        // always 0 once retention has deleted messages) has nothing to wait for.
+        let mut finished: Vec<bool> = ends
+            .iter()
+            .zip(&starts)
+            .map(|((_, end), start)| end.is_some_and(|end| end <= *start))
+            .collect();
+        for ((partition, _), done) in ends.iter().zip(&finished) {
             tracker.add_partition(*partition as u32, now);
-            // An until_end partition that is already empty has nothing to wait for.
-            if end.is_some_and(|end| end <= 0) {
+            if *done {
                 tracker.finish(*partition as u32);
             }
         }
-        let mut finished: Vec<bool> = ends.iter().map(|(_, end)| end.is_some_and(|e| e <= 0)).collect();
         // The next offset to read per owned partition: at its end when it reaches the high
         // watermark librdkafka caches from every fetch response.
         let mut next: Vec<i64> = starts.clone();
@@ -177,7 +182,25 @@ pub fn kafka_source<'scope>(
             // partition-EOF events reach the client context without their partition, so the
             // position is compared with the high watermark of the last fetch response.)
             if handled < MAX_MESSAGES_PER_ACTIVATION {
-                for (slot, (partition, _)) in ends.iter().enumerate() {
+                // The consumer's position also moves past offsets that are never delivered
+                // (transaction markers), which the last message alone would not show.
+                if let Ok(positions) = consumer.position() {
+                    for (slot, (partition, _)) in ends.iter().enumerate() {
+                        let position = positions.find_partition(&config.topic, *partition).map(|p| p.offset());
+                        if let Some(Offset::Offset(position)) = position {
+                            next[slot] = next[slot].max(position);
+                        }
+                    }
+                }
+                for (slot, (partition, end)) in ends.iter().enumerate() {
+                    if finished[slot] {
+                        continue;
+                    }
+                    if end.is_some_and(|end| next[slot] >= end) {
+                        finished[slot] = true;
+                        stamper.tracker.finish(*partition as u32);
+                        continue;
+                    }
                     if let Some(high) = cached_high_watermark(&consumer, &topic, *partition) {
                         stamper.tracker.set_at_end(*partition as u32, next[slot] >= high, now);
                     }
