@@ -93,11 +93,6 @@ impl CountingProducer {
         &self.stats
     }
 
-    /// The topic this producer writes to.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Queues one message; when librdkafka's queue is full, waits for room instead of
     /// dropping it. A message without a key goes to a random partition.
     pub fn send(
@@ -127,11 +122,6 @@ impl CountingProducer {
                 }
             }
         }
-    }
-
-    /// Messages queued or in flight.
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
     }
 
     /// Waits until every queued message has a delivery report, then fails if any was not

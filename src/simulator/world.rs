@@ -250,11 +250,6 @@ impl World {
         self.tick.max(0) as u64
     }
 
-    /// Rides currently in flight (for memory accounting and tests).
-    pub fn rides_in_flight(&self) -> usize {
-        self.rides.len() - self.free.len()
-    }
-
     /// Advances one tick, appending the ride events (in the order they happen) and then the
     /// driver locations of that tick to `out`.
     pub fn tick(&mut self, out: &mut Vec<Message>) {
