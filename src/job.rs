@@ -1,22 +1,43 @@
 //! `ridepulse run`: the city-metrics job in one process with N worker threads.
 //!
-//! Builds, on every worker, Kafka source → city-metrics dataflow → output. Rows are
-//! printed as JSON lines (SPEC §4's column names) until the sinks take over; the summary
-//! (events, late, invalid) goes to stderr.
+//! On every worker: Kafka source → city-metrics dataflow → sinks. The ingest sink writes
+//! raw events to `ride_events` and dead letters to the dead-letter topic; the metrics sink
+//! upserts rows into `city_metrics` and sends them to `analytics-aggregated`. A probe on
+//! both sinks is the durable frontier the source checkpoints behind (see `kafka::source`).
+//!
+//! Before the dataflow starts, the job checks the tables' columns (a wrong schema stops it
+//! here, naming table and column) and loads the group's checkpoints to resume from. While
+//! it runs, the main thread watches the writer: a fatal write error ends the job with that
+//! error. `--until-end` runs write their final checkpoints after the dataflow completes.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context};
 use dataflows::city_metrics::{build, WindowConfig};
 use dataflows::watermark::MarksBoard;
-use timely::dataflow::operators::Inspect;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Inspect, Probe};
 use tracing::info;
 
+use crate::clickhouse::rows::CheckpointRecord;
+use crate::clickhouse::writer::{Batch, Writer};
+use crate::clickhouse::{self, schema};
 use crate::config::Config;
-use crate::kafka::source::{kafka_source, SourceConfig, SourceCounters};
+use crate::kafka::settings;
+use crate::kafka::source::{
+    kafka_source, Ingested, Resume, SourceConfig, SourceCounters, SourceShared,
+};
 use crate::kafka::topics;
+use crate::sinks::ingest::{ingest_sink, IngestProgress};
+use crate::sinks::metrics::metrics_sink;
 
 /// How to run the job.
 #[derive(Clone, Debug)]
@@ -25,10 +46,14 @@ pub struct RunOptions {
     pub workers: usize,
     /// Read up to the end offsets that exist at start, finalize every window, and exit.
     pub until_end: bool,
+    /// Also print emitted rows as JSON lines.
+    pub print: bool,
     /// Print only final rows.
     pub final_only: bool,
-    /// The consumer group.
+    /// The consumer group (checkpoints are kept per group).
     pub group_id: String,
+    /// Ignore the group's checkpoints and read every retained message.
+    pub from_beginning: bool,
 }
 
 /// What a run did.
@@ -40,19 +65,75 @@ pub struct RunSummary {
     pub late: u64,
     /// Messages that were not valid events.
     pub invalid: u64,
-    /// Rows emitted (final or not).
+    /// Messages re-read after a restart that were already written.
+    pub replayed: u64,
+    /// Rows written to `ride_events`.
+    pub written_events: u64,
+    /// Dead letters delivered.
+    pub dead_letters: u64,
+    /// Metric rows written (updates and finals).
     pub rows: u64,
+    /// Final rows among them.
+    pub finals: u64,
+    /// Write attempts that failed and were retried.
+    pub retries: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
 
-/// Runs the job, writing rows as JSON lines to `out`.
+/// Loads the newest checkpoint of each partition of `topic` for `group`.
+pub async fn load_resume(
+    config: &Config,
+    group: &str,
+    topic: &str,
+) -> Result<Resume, clickhouse::ClickHouseError> {
+    let client = clickhouse::connect(&config.clickhouse);
+    let records = client
+        .query("SELECT ?fields FROM checkpoints FINAL WHERE consumer_group = ? AND topic = ?")
+        .bind(group)
+        .bind(topic)
+        .fetch_all::<CheckpointRecord>()
+        .await
+        .map_err(|e| {
+            clickhouse::ClickHouseError::from_client(
+                &config.clickhouse.url,
+                "reading checkpoints",
+                e,
+            )
+        })?;
+    Ok(Resume {
+        partitions: records
+            .into_iter()
+            .map(|r| (r.kafka_partition, r))
+            .collect(),
+    })
+}
+
+/// Runs the job; with `options.print`, rows also go to `out` as JSON lines.
 pub fn run<W: Write + Send + 'static>(
     config: &Config,
     options: &RunOptions,
     out: W,
 ) -> anyhow::Result<RunSummary> {
     let partitions = topics::partition_count(&config.kafka.brokers, &config.topics.ride_events)?;
+    for topic in [&config.topics.aggregated, &config.topics.dead_letters] {
+        topics::partition_count(&config.kafka.brokers, topic)?;
+    }
+    let layout = clickhouse::block_on(schema::verify(&config.clickhouse))?;
+    let resume = if options.from_beginning {
+        Resume::default()
+    } else {
+        clickhouse::block_on(load_resume(
+            config,
+            &options.group_id,
+            &config.topics.ride_events,
+        ))?
+    };
+    let writer = Arc::new(Writer::start(
+        config,
+        layout,
+        &format!("ridepulse-{}", options.group_id),
+    )?);
     let source = SourceConfig {
         brokers: config.kafka.brokers.clone(),
         topic: config.topics.ride_events.clone(),
@@ -61,56 +142,145 @@ pub fn run<W: Write + Send + 'static>(
         allowed_lateness: Duration::from_secs(config.window.allowed_lateness_secs),
         idle_timeout: Duration::from_secs(config.window.idle_timeout_secs),
         until_end: options.until_end,
+        window_length_minutes: config.window.length_minutes,
+        checkpoint_interval: Duration::from_secs(1),
     };
     let window = WindowConfig {
         length_minutes: config.window.length_minutes,
         slide_minutes: config.window.slide_minutes,
         emit_interval: Duration::from_millis(config.window.emit_interval_ms),
+        finalized_through: resume.finalized_through(),
     };
-    let counters = Arc::new(SourceCounters::default());
-    // The workers combine their partitions' marks into the job's watermark here.
-    let board = Arc::new(MarksBoard::new(options.workers));
+    info!(
+        workers = options.workers,
+        partitions,
+        topic = %source.topic,
+        until_end = options.until_end,
+        resumed_partitions = resume.partitions.len(),
+        finalized_through = window.finalized_through,
+        "starting job"
+    );
+    let shared = SourceShared {
+        counters: Arc::new(SourceCounters::default()),
+        // The workers combine their partitions' marks into the job's watermark here.
+        board: Arc::new(MarksBoard::new(options.workers)),
+        writer: writer.clone(),
+        resume: Arc::new(resume),
+        finals: Arc::new(Mutex::new(Vec::new())),
+    };
     let out = Arc::new(Mutex::new(out));
-    let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
-    let final_only = options.final_only;
-    info!(workers = options.workers, partitions, topic = %source.topic, until_end = options.until_end, "starting job");
-    let (counters2, out2, rows2) = (counters.clone(), out.clone(), rows.clone());
+    let (print, final_only) = (options.print, options.final_only);
+    let (worker_shared, worker_out) = (shared.clone(), out.clone());
     let guards = timely::execute(timely::Config::process(options.workers), move |worker| {
-        let (counters, out, rows, board) = (
-            counters2.clone(),
-            out2.clone(),
-            rows2.clone(),
-            board.clone(),
-        );
+        let shared = worker_shared.clone();
+        let out = worker_out.clone();
+        let writer = shared.writer.clone();
+        let durable = ProbeHandle::<u64>::new();
+        let progress = Rc::new(RefCell::new(IngestProgress::default()));
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let events =
-                kafka_source(scope, &source, counters, board).map_err(|e| e.to_string())?;
+            let ingested = kafka_source(scope, &source, shared, durable.clone(), progress.clone())
+                .map_err(|e| e.to_string())?;
+            let events = ingested.clone().flat_map(Ingested::into_event);
             let metrics = build(events, &window);
-            metrics.rows.inspect(move |row| {
-                if final_only && row.is_final == 0 {
+            let rows = metrics.rows.inspect(move |row| {
+                if !print || (final_only && row.is_final == 0) {
                     return;
                 }
-                rows.fetch_add(1, Ordering::Relaxed);
                 let line = serde_json::to_string(row).expect("rows serialize");
                 let mut out = out.lock().expect("not poisoned");
                 let _ = writeln!(out, "{line}");
             });
+            ingest_sink(ingested, writer.clone(), progress).probe_with(&durable);
+            metrics_sink(rows, writer).probe_with(&durable);
             Ok(())
         })
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
-    for result in guards.join() {
+
+    // Join the workers on a helper thread, so this one can watch for fatal write errors.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let results: Vec<Result<Result<(), String>, String>> = guards.join();
+        let _ = done_tx.send(results);
+    });
+    let results = loop {
+        if let Some(error) = writer.fatal() {
+            bail!("the job stopped: {error}");
+        }
+        match done_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(results) => break results,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(error) => bail!("the workers' thread ended without a result: {error}"),
+        }
+    };
+    for result in results {
         result
             .map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?
             .map_err(anyhow::Error::msg)?;
     }
+
+    // Everything the sinks wrote is durable (they hold capabilities until it is); record
+    // where a later run continues, then commit the same offsets to the group.
+    let mut finals = std::mem::take(&mut *shared.finals.lock().expect("not poisoned"));
+    if !finals.is_empty() {
+        let through = finals
+            .iter()
+            .map(|c| c.finalized_through)
+            .max()
+            .unwrap_or(0);
+        for record in &mut finals {
+            record.finalized_through = through;
+        }
+        writer.submit(
+            Batch {
+                checkpoints: finals.clone(),
+                ..Batch::default()
+            },
+            None,
+        );
+    }
+    writer.shutdown();
+    if let Some(error) = writer.fatal() {
+        bail!("the job stopped: {error}");
+    }
+    if !finals.is_empty() {
+        commit_offsets(config, &options.group_id, &finals)
+            .context("committing the final offsets")?;
+    }
     out.lock().expect("not poisoned").flush()?;
+    let counters = &shared.counters;
+    let stats = writer.stats();
     Ok(RunSummary {
         events: counters.events.load(Ordering::Relaxed),
         late: counters.late.load(Ordering::Relaxed),
         invalid: counters.invalid.load(Ordering::Relaxed),
-        rows: rows.load(Ordering::Relaxed),
+        replayed: counters.replayed.load(Ordering::Relaxed),
+        written_events: stats.events.load(Ordering::Relaxed),
+        dead_letters: stats.dead_letters.load(Ordering::Relaxed),
+        rows: stats.metrics.load(Ordering::Relaxed),
+        finals: stats.finals.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
+}
+
+/// Commits the checkpoints' offsets to the consumer group (what lag tools read).
+fn commit_offsets(
+    config: &Config,
+    group: &str,
+    records: &[CheckpointRecord],
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer =
+        settings::consumer(&config.kafka.brokers, group, "ridepulse-commit").create()?;
+    let mut offsets = TopicPartitionList::new();
+    for record in records {
+        offsets.add_partition_offset(
+            &record.topic,
+            record.kafka_partition as i32,
+            Offset::Offset(record.next_offset),
+        )?;
+    }
+    consumer.commit(&offsets, CommitMode::Sync)?;
+    Ok(())
 }

@@ -14,13 +14,19 @@
 //!   errors name the key.
 //! - [`kafka`]: client settings with their reasons, topic admin, a delivery-counting
 //!   producer, a plain backlog consumer, and the source operator that drives the dataflow.
+//! - [`clickhouse`]: SPEC §4's schema per server version (`ridepulse migrate`), row types,
+//!   and the writer thread that makes every write durable, with retries.
+//! - [`sinks`]: the sink operators (ClickHouse + Kafka) that report durability back to the
+//!   source, which commits offsets behind it.
 //! - [`job`]: `ridepulse run`, the city-metrics job (Kafka source → dataflow → rows).
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
 #![deny(missing_docs)]
 
+pub mod clickhouse;
 pub mod config;
 pub mod job;
 pub mod kafka;
 pub mod simulator;
+pub mod sinks;
 pub mod telemetry;

@@ -41,8 +41,35 @@ enum Command {
     Simulate(SimulateArgs),
     /// Read a topic's whole backlog with a plain consumer and report what it holds.
     Consume(ConsumeArgs),
-    /// Run the city-metrics job on ride-events, printing metric rows as JSON lines.
+    /// Run the city-metrics job: ride-events → windows → ClickHouse and analytics-aggregated.
     Run(RunArgs),
+    /// Create the ClickHouse database and tables (SPEC §4) for the server's version.
+    Migrate(MigrateArgs),
+    /// Run SQL against ClickHouse and print the result (e.g. `--file sql/rides_per_minute.sql`).
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// Print the statements instead of running them.
+    #[arg(long)]
+    print: bool,
+    /// With --print: the server version to write DDL for (default: ask the server).
+    #[arg(long, requires = "print")]
+    server_version: Option<String>,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The SQL (or use --file).
+    #[arg(conflicts_with = "file", required_unless_present = "file")]
+    sql: Option<String>,
+    /// A file holding one SQL statement.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// ClickHouse output format.
+    #[arg(long, default_value = "PrettyCompactMonoBlock")]
+    format: String,
 }
 
 #[derive(Args)]
@@ -53,12 +80,19 @@ struct RunArgs {
     /// Read up to the end offsets that exist at start, emit every window's final row, exit 0.
     #[arg(long)]
     until_end: bool,
-    /// Print only final rows (is_final = 1).
+    /// Also print every emitted row as a JSON line on stdout.
     #[arg(long)]
+    print: bool,
+    /// With --print: only final rows (is_final = 1).
+    #[arg(long, requires = "print")]
     final_only: bool,
-    /// Consumer group (default: ridepulse-city-metrics).
+    /// Consumer group; checkpoints and committed offsets are kept per group.
     #[arg(long, default_value = "ridepulse-city-metrics")]
     group: String,
+    /// Ignore the group's checkpoints: read every retained message again (rows are
+    /// upserted, so ClickHouse ends the same).
+    #[arg(long)]
+    from_beginning: bool,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +206,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Simulate(args) => simulate(&config, args)?,
+        Command::Migrate(args) => migrate(&config, args)?,
+        Command::Query(args) => {
+            let sql = match (&args.sql, &args.file) {
+                (Some(sql), _) => sql.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let client = ridepulse::clickhouse::connect(&config.clickhouse);
+            let text = ridepulse::clickhouse::block_on(ridepulse::clickhouse::query_text(
+                &client,
+                &config.clickhouse.url,
+                sql.trim().trim_end_matches(';'),
+                &args.format,
+            ))?;
+            print!("{text}");
+        }
         Command::Run(args) => {
             if args.workers == 0 {
                 bail!("-w/--workers must be at least 1");
@@ -179,17 +230,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = ridepulse::job::RunOptions {
                 workers: args.workers,
                 until_end: args.until_end,
+                print: args.print,
                 final_only: args.final_only,
                 group_id: args.group,
+                from_beginning: args.from_beginning,
             };
             // stdout is line-buffered: a live run's rows show as they are emitted.
             let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
             eprintln!(
-                "events={} late={} invalid={} rows={} seconds={:.2} events_per_sec={:.0}",
+                "events={} late={} invalid={} replayed={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
                 summary.events,
                 summary.late,
                 summary.invalid,
+                summary.replayed,
+                summary.written_events,
+                summary.dead_letters,
                 summary.rows,
+                summary.finals,
+                summary.retries,
                 summary.elapsed.as_secs_f64(),
                 summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9)
             );
@@ -251,6 +309,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn migrate(config: &Config, args: MigrateArgs) -> anyhow::Result<()> {
+    use ridepulse::clickhouse::{block_on, schema};
+    if args.print {
+        let version = match args.server_version {
+            Some(version) => version,
+            None => block_on(schema::server_version(&config.clickhouse))?,
+        };
+        let features = schema::Features::of_version(&version)?;
+        for statement in schema::statements(&config.clickhouse.database, features) {
+            println!("{statement};\n");
+        }
+        return Ok(());
+    }
+    let migration = block_on(schema::migrate(&config.clickhouse))?;
+    println!(
+        "ClickHouse {} at {}: database `{}` has {} ({:?})",
+        migration.version,
+        config.clickhouse.url,
+        config.clickhouse.database,
+        schema::TABLES.join(", "),
+        migration.features
+    );
     Ok(())
 }
 

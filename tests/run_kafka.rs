@@ -11,49 +11,12 @@ mod oracle;
 use common::{field, Namespace};
 use dataflows::event::{RideEvent, Timestamp};
 use dataflows::metrics_row::CityMetricsRow;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use ridepulse::kafka::plain_consumer::read_all;
 
 const MALFORMED: usize = 20;
 
-/// The simulator's events with a quarter jittered up to 25 s back and 3 % pushed minutes
-/// back (late), plus malformed lines.
 fn dataset(ns: &Namespace, dir: &std::path::Path) -> std::path::PathBuf {
-    let clean = dir.join("clean.jsonl");
-    ns.run(&[
-        "simulate",
-        "--out",
-        clean.to_str().unwrap(),
-        "--count",
-        "12000",
-        "--rate",
-        "12000",
-        "--seed",
-        "21",
-        "--start",
-        "2026-11-23T10:00:00Z",
-    ]);
-    let mut rng = ChaCha8Rng::seed_from_u64(21);
-    let mut lines = Vec::new();
-    for line in std::fs::read_to_string(&clean).unwrap().lines() {
-        let mut event = RideEvent::parse(line.as_bytes()).unwrap();
-        let shift = if rng.random_bool(0.03) {
-            rng.random_range(60_000..600_000)
-        } else if rng.random_bool(0.25) {
-            rng.random_range(0..25_000)
-        } else {
-            0
-        };
-        event.timestamp = Timestamp(event.timestamp.0 - shift);
-        lines.push(event.to_json());
-        if lines.len() % 600 == 0 {
-            lines.push(["{not json", "{\"event_type\":\"requested\"}", "[]", "{\"event_type\":\"flying\",\"ride_id\":\"r\",\"timestamp\":\"2026-11-23T10:00:00Z\",\"city\":\"x\",\"user_id\":\"u\"}"][lines.len() / 600 % 4].to_string());
-        }
-    }
-    let path = dir.join("replay.jsonl");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
+    common::dataset(ns, dir, 12_000, 12_000, "2026-11-23T10:00:00Z")
 }
 
 fn final_rows(stdout: &str) -> Vec<CityMetricsRow> {
@@ -67,6 +30,7 @@ fn final_rows(stdout: &str) -> Vec<CityMetricsRow> {
 fn run_until_end_gives_the_oracles_final_rows() {
     let ns = Namespace::new("run");
     ns.create_topics();
+    ns.migrate();
     let dir = std::env::temp_dir().join(format!("ridepulse-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dataset(&ns, &dir);
@@ -97,6 +61,7 @@ fn run_until_end_gives_the_oracles_final_rows() {
             "--until-end",
             "-w",
             workers,
+            "--print",
             "--final-only",
             "--group",
             &format!("it-run-{workers}"),
@@ -128,6 +93,7 @@ fn run_until_end_gives_the_oracles_final_rows() {
 fn idle_partitions_do_not_stall_a_live_job() {
     let ns = Namespace::new("idle");
     ns.create_topics();
+    ns.migrate();
     let dir = std::env::temp_dir().join(format!("ridepulse-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Ten minutes of events of one ride (one key, so one partition), one every 10 s.
@@ -149,6 +115,7 @@ fn idle_partitions_do_not_stall_a_live_job() {
             "run",
             "-w",
             "2",
+            "--print",
             "--final-only",
             "--group",
             "it-idle",
@@ -197,6 +164,7 @@ fn idle_partitions_do_not_stall_a_live_job() {
 fn until_end_on_an_empty_topic_finishes() {
     let ns = Namespace::new("empty");
     ns.create_topics();
+    ns.migrate();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ridepulse"))
         .args(ns.args())
         .args(["run", "--until-end", "-w", "2", "--group", "it-empty"])
@@ -216,8 +184,8 @@ fn until_end_on_an_empty_topic_finishes() {
     assert!(output.status.success());
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("events=0 late=0 invalid=0 rows=0"),
-        "{stderr}"
-    );
+    let summary = stderr.lines().last().unwrap();
+    for name in ["events", "late", "invalid", "rows", "written_events"] {
+        assert_eq!(field::<u64>(summary, name), 0, "{summary}");
+    }
 }

@@ -7,7 +7,12 @@
 //! its minute buckets, so an event touches one bucket rather than five windows. A window is
 //! final once the input frontier has passed its end (no minute before the end can still
 //! arrive); its final row is emitted once with `is_final = 1`, and buckets no open window
-//! needs are dropped with their capabilities, so state stays bounded behind the frontier.
+//! needs are dropped, so state stays bounded behind the frontier.
+//!
+//! The operator holds one capability, kept at its input frontier, and emits every row at
+//! it. So its output frontier *is* its input frontier: once a sink's durable frontier
+//! (see the job's sinks) reaches minute `m`, every window ending at or before `m` has had
+//! its final row written — the tight bound the source's checkpoints rely on.
 //! While a window is open, its row is emitted at most once per emit interval when it
 //! changed (`is_final = 0`, `version` = its event count so far).
 
@@ -34,6 +39,9 @@ pub struct WindowConfig {
     pub slide_minutes: u64,
     /// Minimum time between two updates of an open window.
     pub emit_interval: Duration,
+    /// Windows ending at or before this minute already had their final rows written before
+    /// a restart: they are not emitted again (0 for a fresh start).
+    pub finalized_through: u64,
 }
 
 impl Default for WindowConfig {
@@ -42,6 +50,7 @@ impl Default for WindowConfig {
             length_minutes: 5,
             slide_minutes: 1,
             emit_interval: Duration::from_secs(1),
+            finalized_through: 0,
         }
     }
 }
@@ -77,12 +86,13 @@ struct Bucket {
     riders: HashSet<String>,
 }
 
-/// The operator's state: minute buckets per city, the capabilities that let us emit for
-/// them, and which windows changed since the last update.
+/// The operator's state: minute buckets per city, the capability rows are emitted at, and
+/// which windows changed since the last update.
 struct WindowState {
     config: WindowConfig,
     buckets: BTreeMap<(String, u64), Bucket>,
-    capabilities: BTreeMap<u64, Capability<u64>>,
+    /// At the input frontier; dropped when the input is done.
+    capability: Option<Capability<u64>>,
     /// Windows (start minute, city) changed since their last update.
     dirty: BTreeSet<(u64, String)>,
     /// Every window ending at or before this minute has had its final row.
@@ -109,7 +119,9 @@ impl WindowState {
             bucket.riders.insert(e.user_id.clone());
         }
         for start in self.window_starts(minute) {
-            self.dirty.insert((start, e.city.clone()));
+            if start + self.config.length_minutes > self.finalized_to {
+                self.dirty.insert((start, e.city.clone()));
+            }
         }
     }
 
@@ -161,14 +173,6 @@ impl WindowState {
         };
         Some(row)
     }
-
-    /// A capability to emit a window's row at: the one of its latest minute with data.
-    fn capability_for(&self, start: u64) -> Option<&Capability<u64>> {
-        self.capabilities
-            .range(start..start + self.config.length_minutes)
-            .next_back()
-            .map(|(_, capability)| capability)
-    }
 }
 
 fn city_hash(city: &str) -> u64 {
@@ -194,14 +198,15 @@ pub fn build<'scope>(
         .unary_frontier(
             Exchange::new(|e: &SourcedEvent| city_hash(&e.event.city)),
             "CityWindows",
-            move |_capability, info| {
+            move |capability, info| {
                 let activator = scope.activator_for(info.address);
+                let finalized_to = config.finalized_through;
                 let mut state = WindowState {
                     config,
                     buckets: BTreeMap::new(),
-                    capabilities: BTreeMap::new(),
+                    capability: Some(capability),
                     dirty: BTreeSet::new(),
-                    finalized_to: 0,
+                    finalized_to,
                     last_flush: Instant::now(),
                 };
                 move |(input, frontier), output| {
@@ -209,11 +214,6 @@ pub fn build<'scope>(
                         let Some(minute) = capability.least().copied() else {
                             return;
                         };
-                        let port = output.output_index();
-                        state
-                            .capabilities
-                            .entry(minute)
-                            .or_insert_with(|| capability.delayed(&minute, port));
                         for event in data.drain(..) {
                             state.add(&event, minute);
                         }
@@ -235,20 +235,17 @@ pub fn build<'scope>(
                         }
                         for (start, city) in &closing {
                             if let (Some(row), Some(capability)) =
-                                (state.row(*start, city, true), state.capability_for(*start))
+                                (state.row(*start, city, true), state.capability.as_ref())
                             {
                                 output.session(capability).give(row);
                             }
                             state.dirty.remove(&(*start, city.clone()));
                         }
                         state.finalized_to = done;
-                        // Evict what no open window needs, with its capability.
+                        // Evict what no open window needs.
                         state
                             .buckets
                             .retain(|(_, minute), _| minute + length > done);
-                        state
-                            .capabilities
-                            .retain(|minute, _| minute + length > done);
                     }
 
                     // Updates of open windows, at most once per emit interval.
@@ -257,7 +254,7 @@ pub fn build<'scope>(
                         if since >= state.config.emit_interval {
                             for (start, city) in std::mem::take(&mut state.dirty) {
                                 if let (Some(row), Some(capability)) =
-                                    (state.row(start, &city, false), state.capability_for(start))
+                                    (state.row(start, &city, false), state.capability.as_ref())
                                 {
                                     output.session(capability).give(row);
                                 }
@@ -266,6 +263,18 @@ pub fn build<'scope>(
                         } else {
                             activator.activate_after(state.config.emit_interval - since);
                         }
+                    }
+
+                    // Rows from now on are emitted at the input frontier, or never.
+                    match frontier.frontier().first() {
+                        Some(&time) => {
+                            if let Some(capability) = state.capability.as_mut() {
+                                if time > *capability.time() {
+                                    capability.downgrade(&time);
+                                }
+                            }
+                        }
+                        None => state.capability = None,
                     }
                 }
             },

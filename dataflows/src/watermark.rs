@@ -72,6 +72,19 @@ impl WatermarkTracker {
         late
     }
 
+    /// Resumes `partition` with the clock it had at a checkpoint: `max_ms` is its largest
+    /// event time before the offset reading resumes at, so lateness is judged exactly as
+    /// before the restart.
+    pub fn restore(&mut self, partition: u32, max_ms: Option<i64>, now: Instant) {
+        self.add_partition(partition, now);
+        self.partitions.get_mut(&partition).expect("added").max_ms = max_ms;
+    }
+
+    /// `partition`'s largest event time read so far.
+    pub fn max_ms(&self, partition: u32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|c| c.max_ms)
+    }
+
     /// The source reached `partition`'s end offset (or new data appeared: `false`).
     pub fn set_at_end(&mut self, partition: u32, at_end: bool, now: Instant) {
         self.add_partition(partition, now);

@@ -124,6 +124,37 @@ impl CountingProducer {
         }
     }
 
+    /// Sends `messages` and waits until each has its delivery report: Ok only when the
+    /// broker confirmed every one (a failed attempt may have delivered some of them; the
+    /// caller retries the whole set, so delivery is at least once).
+    pub fn send_confirmed<'a, I>(&self, messages: I, timeout: Duration) -> Result<(), KafkaError>
+    where
+        I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], Option<OwnedHeaders>)>,
+    {
+        let delivered_before = self.stats.delivered.load(Ordering::Relaxed);
+        let failed_before = self.stats.failed.load(Ordering::Relaxed);
+        let mut total = 0u64;
+        for (key, payload, headers) in messages {
+            self.send(key, payload, headers)?;
+            total += 1;
+        }
+        self.producer.flush(timeout)?;
+        let delivered = self.stats.delivered.load(Ordering::Relaxed) - delivered_before;
+        let failed = self.stats.failed.load(Ordering::Relaxed) - failed_before;
+        if failed > 0 || delivered < total {
+            return Err(KafkaError::Delivery {
+                topic: self.topic.clone(),
+                failed: total.saturating_sub(delivered),
+                total,
+                first_error: self
+                    .stats
+                    .first_error()
+                    .unwrap_or_else(|| "no delivery report before the flush timeout".into()),
+            });
+        }
+        Ok(())
+    }
+
     /// Waits until every queued message has a delivery report, then fails if any was not
     /// delivered.
     pub fn finish(&self, timeout: Duration) -> Result<u64, KafkaError> {

@@ -12,30 +12,53 @@
 //! With `until_end`, each partition is read up to the end offset it had at start and then
 //! finished, so every window becomes final and the dataflow completes: the mode for
 //! backfills, tests and benchmarks.
+//!
+//! **Checkpoints.** Output is durable only behind the sinks' durable frontier `F` (a probe
+//! on the sinks, see `sinks`): every window ending at or before minute `F` has its final
+//! row written. Windows still open need every event of minute `F + 1 - length` or later,
+//! so per partition the source remembers the first offset of each such minute and the
+//! partition's clock just before it. About once a second it writes, through the writer, a
+//! checkpoint per partition: resume offset (the earliest of those), that clock (so
+//! lateness is judged exactly as before), the offset below which raw events and dead
+//! letters are durable (they are not written twice), and `F`. Once the checkpoint is
+//! durable the same offsets are committed to the consumer group. A restarted job reads
+//! the checkpoints, rebuilds its open windows from the resume offsets, and does not emit
+//! the windows that were already final: ClickHouse ends as without the restart.
+//! (Checkpoints live in ClickHouse beside the results, not only in Kafka's commit
+//! metadata, which some Kafka-compatible brokers, Tansu among them, do not keep.)
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataflows::event::RideEvent;
-use dataflows::partitioned_source::{EventStamper, SourcedEvent};
+use dataflows::partitioned_source::{minute_of, EventStamper, SourcedEvent};
 use dataflows::watermark::{MarksBoard, WatermarkTracker};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
 use super::{settings, KafkaError};
+use crate::clickhouse::rows::CheckpointRecord;
+use crate::clickhouse::writer::{Batch, DeadLetter, Ticket, Writer};
+use crate::sinks::ingest::IngestProgress;
 
 /// Messages handled per activation, so other operators get to run.
 const MAX_MESSAGES_PER_ACTIVATION: usize = 4096;
 /// How soon to look again when nothing arrived.
 const QUIET_POLL: Duration = Duration::from_millis(10);
+/// Rows waiting for the writer (per process) above which sources stop reading.
+const MAX_INFLIGHT_ROWS: usize = 60_000;
 
 /// Where and how the source reads.
 #[derive(Clone, Debug)]
@@ -54,6 +77,63 @@ pub struct SourceConfig {
     pub idle_timeout: Duration,
     /// Stop at the end offsets that exist at start.
     pub until_end: bool,
+    /// Window length in minutes (how far back open windows reach).
+    pub window_length_minutes: u64,
+    /// How often to checkpoint.
+    pub checkpoint_interval: Duration,
+}
+
+/// Where a job resumes: the newest checkpoint of each partition (none for a fresh start).
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Checkpoints by partition.
+    pub partitions: BTreeMap<u32, CheckpointRecord>,
+}
+
+impl Resume {
+    /// Windows ending at or before this minute were final and durable before the restart.
+    pub fn finalized_through(&self) -> u64 {
+        self.partitions
+            .values()
+            .map(|c| c.finalized_through)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The first minute an open window can need: events before it are late on resumption.
+    pub fn first_open_minute(&self, length: u64) -> u64 {
+        (self.finalized_through() + 1).saturating_sub(length)
+    }
+}
+
+/// What the source emits: every message of its partitions, in offset order per partition.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Ingested {
+    /// A valid event, to be counted in windows and written to `ride_events`.
+    Event(SourcedEvent),
+    /// A valid event re-read after a restart that is already in `ride_events`: it only
+    /// rebuilds windows.
+    Replayed(SourcedEvent),
+    /// A message that is not a valid event, for the dead-letter topic.
+    Dead(DeadLetter),
+}
+
+impl Ingested {
+    /// Its partition and offset.
+    pub fn position(&self) -> (u32, u64) {
+        match self {
+            Ingested::Event(e) | Ingested::Replayed(e) => (e.partition, e.offset),
+            Ingested::Dead(d) => (d.partition, d.offset),
+        }
+    }
+
+    /// The event, for the windows.
+    pub fn into_event(self) -> Option<SourcedEvent> {
+        match self {
+            Ingested::Event(e) | Ingested::Replayed(e) => Some(e),
+            Ingested::Dead(_) => None,
+        }
+    }
 }
 
 /// Counters the source keeps for the job's report.
@@ -63,17 +143,87 @@ pub struct SourceCounters {
     pub events: AtomicU64,
     /// Late events among them.
     pub late: AtomicU64,
-    /// Messages that were not valid events (set aside for the dead-letter topic).
+    /// Messages that were not valid events (sent to the dead-letter topic).
     pub invalid: AtomicU64,
+    /// Messages re-read after a restart that were already written.
+    pub replayed: AtomicU64,
+}
+
+/// What the sources of a process share with each other and the job.
+#[derive(Clone)]
+pub struct SourceShared {
+    /// Counters for the report.
+    pub counters: Arc<SourceCounters>,
+    /// The workers' watermark marks.
+    pub board: Arc<MarksBoard>,
+    /// The process's writer (checkpoints, backpressure).
+    pub writer: Arc<Writer>,
+    /// Where to resume.
+    pub resume: Arc<Resume>,
+    /// Final checkpoints of partitions read to their end (`until_end`), written by the job
+    /// once everything before them is durable.
+    pub finals: Arc<Mutex<Vec<CheckpointRecord>>>,
+}
+
+/// One owned partition's reading state.
+#[derive(Debug)]
+struct OwnedPartition {
+    partition: i32,
+    /// The end offset to stop at (`until_end`).
+    end: Option<i64>,
+    /// The next offset to read.
+    next: i64,
+    finished: bool,
+    /// Messages below this offset were written before a restart.
+    written_to: i64,
+    /// One past the last offset handed to the ingest sink.
+    sent: i64,
+    /// Per event minute (of on-time events), the first offset and the partition's clock
+    /// just before it: where to resume so that every open window can be rebuilt.
+    rebuild: BTreeMap<u64, (i64, Option<i64>)>,
+}
+
+impl OwnedPartition {
+    /// How far this partition has been read (never past its `until_end` end).
+    fn read_to(&self) -> i64 {
+        self.end.map_or(self.next, |end| self.next.min(end))
+    }
+
+    /// The checkpoint for windows from minute `first_open` on, when everything before its
+    /// resume offset is durable: (resume offset, clock there, written-to).
+    fn checkpoint(
+        &mut self,
+        first_open: u64,
+        clock: Option<i64>,
+        durable: Option<i64>,
+    ) -> Option<(i64, Option<i64>, i64)> {
+        self.rebuild = self.rebuild.split_off(&first_open);
+        let (offset, max) = self
+            .rebuild
+            .values()
+            .min_by_key(|(offset, _)| *offset)
+            .copied()
+            .unwrap_or((self.read_to(), clock));
+        let durable = durable.unwrap_or(self.written_to).max(self.written_to);
+        let written = if durable >= self.sent {
+            self.read_to()
+        } else {
+            durable
+        };
+        (offset <= written).then_some((offset, max, written))
+    }
 }
 
 /// The source for this worker. Fails only if the consumer cannot be created or assigned.
+/// `durable` is the probe on the sinks; `progress` is the ingest sink's per-partition
+/// durable offsets (same worker).
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     config: &SourceConfig,
-    counters: Arc<SourceCounters>,
-    board: Arc<MarksBoard>,
-) -> Result<StreamVec<'scope, u64, SourcedEvent>, KafkaError> {
+    shared: SourceShared,
+    durable: ProbeHandle<u64>,
+    progress: Rc<RefCell<IngestProgress>>,
+) -> Result<StreamVec<'scope, u64, Ingested>, KafkaError> {
     let (worker, peers) = (scope.index(), scope.peers());
     let mine: Vec<i32> = (0..config.partitions)
         .filter(|p| *p as usize % peers == worker)
@@ -85,48 +235,63 @@ pub fn kafka_source<'scope>(
     )
     .create_with_context(settings::ConsumerLog)?;
     let mut assignment = TopicPartitionList::new();
-    // Per owned partition: the end offset to stop at (until_end) and where reading starts.
-    let mut ends: Vec<(i32, Option<i64>)> = Vec::new();
-    let mut starts: Vec<i64> = Vec::new();
+    let mut owned: Vec<OwnedPartition> = Vec::new();
     for &partition in &mine {
         let (low, high) =
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
-        assignment.add_partition_offset(&config.topic, partition, Offset::Offset(low))?;
-        ends.push((partition, config.until_end.then_some(high)));
-        starts.push(low);
+        let checkpoint = shared.resume.partitions.get(&(partition as u32));
+        let start = checkpoint.map_or(low, |c| c.next_offset.max(low));
+        assignment.add_partition_offset(&config.topic, partition, Offset::Offset(start))?;
+        let written_to = checkpoint.map_or(start, |c| c.written_to.max(start));
+        owned.push(OwnedPartition {
+            partition,
+            end: config.until_end.then_some(high),
+            next: start,
+            // An until_end partition with nothing left (its end at its start, which is not
+            // always 0 once retention has deleted messages) has nothing to wait for.
+            finished: config.until_end && high <= start,
+            written_to,
+            sent: start,
+            rebuild: BTreeMap::new(),
+        });
     }
     consumer.assign(&assignment)?;
-    info!(worker, partitions = ?mine, topic = %config.topic, "source assigned");
+    info!(worker, partitions = ?mine, topic = %config.topic, resumed = !shared.resume.partitions.is_empty(), "source assigned");
     let config = config.clone();
-    Ok(source(scope, "KafkaSource", move |capability, info| {
-        let activator = scope.activator_for(info.address);
+    let length = config.window_length_minutes;
+    Ok(source(scope, "KafkaSource", move |mut capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let wake = scope.worker().sync_activator_for(info.address.to_vec());
         let now = Instant::now();
+        let resume = shared.resume.clone();
+        let floor = resume.finalized_through();
+        // Minutes before the first open window are final already: events there are late.
+        capability.downgrade(&resume.first_open_minute(length));
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, config.idle_timeout);
-        // An until_end partition with nothing retained (its end at its start, which is not
-        // always 0 once retention has deleted messages) has nothing to wait for.
-        let mut finished: Vec<bool> = ends
-            .iter()
-            .zip(&starts)
-            .map(|((_, end), start)| end.is_some_and(|end| end <= *start))
-            .collect();
-        for ((partition, _), done) in ends.iter().zip(&finished) {
-            tracker.add_partition(*partition as u32, now);
-            if *done {
-                tracker.finish(*partition as u32);
+        for slot in &owned {
+            let partition = slot.partition as u32;
+            tracker.add_partition(partition, now);
+            if let Some(checkpoint) = resume.partitions.get(&partition) {
+                tracker.restore(partition, checkpoint.max_event_ms, now);
+            }
+            if slot.finished {
+                tracker.finish(partition);
             }
         }
-        // The next offset to read per owned partition: at its end when it reaches the high
-        // watermark librdkafka caches from every fetch response.
-        let mut next: Vec<i64> = starts.clone();
         let topic = CString::new(config.topic.clone()).expect("topic names have no NUL");
         let mut stamper = EventStamper::new(tracker, capability);
+        let mut last_checkpoint = Instant::now();
+        let mut checkpoint_in_flight: Option<(Ticket, TopicPartitionList)> = None;
+        let mut finals_posted = false;
+        let counters = shared.counters.clone();
         move |output| {
             if stamper.capability().is_none() {
                 return;
             }
             let now = Instant::now();
             let mut handled = 0;
-            while handled < MAX_MESSAGES_PER_ACTIVATION {
+            let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
+            while !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
                 let message = match consumer.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(message)) => message,
@@ -142,71 +307,149 @@ pub fn kafka_source<'scope>(
                 handled += 1;
                 let partition = message.partition();
                 let offset = message.offset();
-                let Some(slot) = ends.iter().position(|(p, _)| *p == partition) else { continue };
-                next[slot] = next[slot].max(offset + 1);
-                if finished[slot] {
+                let Some(slot) = owned.iter_mut().find(|s| s.partition == partition) else { continue };
+                slot.next = slot.next.max(offset + 1);
+                if slot.finished || slot.end.is_some_and(|end| offset >= end) {
                     continue;
                 }
-                if let Some(end) = ends[slot].1 {
-                    if offset >= end {
-                        continue;
-                    }
-                }
+                let rewrite = offset >= slot.written_to;
                 match RideEvent::parse(message.payload().unwrap_or_default()) {
                     Ok(event) => {
+                        let before = stamper.tracker.max_ms(partition as u32);
                         let (capability, sourced) = stamper.stamp(partition as u32, offset as u64, event, now);
                         counters.events.fetch_add(1, Ordering::Relaxed);
                         if sourced.late {
                             counters.late.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            let minute = minute_of(sourced.event.timestamp.millis());
+                            slot.rebuild.entry(minute).or_insert((offset, before));
                         }
-                        output.session(&capability).give(sourced);
+                        let item = if rewrite {
+                            Ingested::Event(sourced)
+                        } else {
+                            counters.replayed.fetch_add(1, Ordering::Relaxed);
+                            Ingested::Replayed(sourced)
+                        };
+                        output.session(&capability).give(item);
                     }
                     Err(error) => {
                         let count = counters.invalid.fetch_add(1, Ordering::Relaxed);
                         if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, %error, invalid_so_far = count + 1, "invalid message set aside");
+                            warn!(worker, partition, offset, %error, invalid_so_far = count + 1, "invalid message sent to the dead-letter topic");
+                        }
+                        if rewrite {
+                            let dead = DeadLetter {
+                                partition: partition as u32,
+                                offset: offset as u64,
+                                key: message.key().map(<[u8]>::to_vec),
+                                payload: message.payload().unwrap_or_default().to_vec(),
+                                error: error.to_string(),
+                            };
+                            let held = stamper.capability().expect("held while reading");
+                            output.session(held).give(Ingested::Dead(dead));
                         }
                     }
                 }
-                if let Some(end) = ends[slot].1 {
-                    if offset + 1 >= end {
-                        finished[slot] = true;
-                        stamper.tracker.finish(partition as u32);
-                        let mut done = TopicPartitionList::new();
-                        done.add_partition(&config.topic, partition);
-                        let _ = consumer.pause(&done);
-                    }
+                if rewrite {
+                    slot.sent = offset + 1;
+                }
+                if slot.end.is_some_and(|end| offset + 1 >= end) {
+                    slot.finished = true;
+                    stamper.tracker.finish(partition as u32);
+                    let mut done = TopicPartitionList::new();
+                    done.add_partition(&config.topic, partition);
+                    let _ = consumer.pause(&done);
                 }
             }
             // Drained what was fetched: which partitions are at their end? (librdkafka's
             // partition-EOF events reach the client context without their partition, so the
             // position is compared with the high watermark of the last fetch response.)
-            if handled < MAX_MESSAGES_PER_ACTIVATION {
+            if !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
                 // The consumer's position also moves past offsets that are never delivered
                 // (transaction markers), which the last message alone would not show.
                 if let Ok(positions) = consumer.position() {
-                    for (slot, (partition, _)) in ends.iter().enumerate() {
-                        let position = positions.find_partition(&config.topic, *partition).map(|p| p.offset());
+                    for slot in owned.iter_mut() {
+                        let position = positions.find_partition(&config.topic, slot.partition).map(|p| p.offset());
                         if let Some(Offset::Offset(position)) = position {
-                            next[slot] = next[slot].max(position);
+                            slot.next = slot.next.max(position);
                         }
                     }
                 }
-                for (slot, (partition, end)) in ends.iter().enumerate() {
-                    if finished[slot] {
+                for slot in owned.iter_mut().filter(|s| !s.finished) {
+                    let partition = slot.partition as u32;
+                    if slot.end.is_some_and(|end| slot.next >= end) {
+                        slot.finished = true;
+                        stamper.tracker.finish(partition);
                         continue;
                     }
-                    if end.is_some_and(|end| next[slot] >= end) {
-                        finished[slot] = true;
-                        stamper.tracker.finish(*partition as u32);
-                        continue;
-                    }
-                    if let Some(high) = cached_high_watermark(&consumer, &topic, *partition) {
-                        stamper.tracker.set_at_end(*partition as u32, next[slot] >= high, now);
+                    if let Some(high) = cached_high_watermark(&consumer, &topic, slot.partition) {
+                        stamper.tracker.set_at_end(partition, slot.next >= high, now);
                     }
                 }
             }
-            if !stamper.advance_shared(now, &board, worker) {
+
+            // A checkpoint was confirmed: commit the same offsets to the consumer group.
+            if checkpoint_in_flight.as_ref().is_some_and(|(ticket, _)| ticket.is_done()) {
+                let (_, offsets) = checkpoint_in_flight.take().expect("checked");
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                    warn!(worker, %error, "offset commit failed (the checkpoint in ClickHouse stands)");
+                }
+            }
+            if checkpoint_in_flight.is_none() && last_checkpoint.elapsed() >= config.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                let frontier = durable.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
+                let finalized = frontier.max(floor);
+                let first_open = finalized.saturating_add(1).saturating_sub(length);
+                let progress = progress.borrow();
+                let written_at_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
+                let mut records = Vec::new();
+                let mut offsets = TopicPartitionList::new();
+                for slot in owned.iter_mut() {
+                    let partition = slot.partition as u32;
+                    let clock = stamper.tracker.max_ms(partition);
+                    if let Some((next_offset, max_event_ms, written_to)) = slot.checkpoint(first_open, clock, progress.durable(partition)) {
+                        records.push(CheckpointRecord {
+                            consumer_group: config.group_id.clone(),
+                            topic: config.topic.clone(),
+                            kafka_partition: partition,
+                            next_offset,
+                            max_event_ms,
+                            written_to,
+                            finalized_through: finalized,
+                            written_at_us,
+                        });
+                        let _ = offsets.add_partition_offset(&config.topic, slot.partition, Offset::Offset(next_offset));
+                    }
+                }
+                if !records.is_empty() {
+                    let batch = Batch { checkpoints: records, ..Batch::default() };
+                    checkpoint_in_flight = Some((shared.writer.submit(batch, Some(wake.clone())), offsets));
+                }
+            }
+
+            // Every partition read to its end: leave the final checkpoints for the job, which
+            // writes them once the dataflow (and so every sink) is done.
+            if !finals_posted && stamper.tracker.all_finished() {
+                finals_posted = true;
+                let written_at_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
+                let mut finals = shared.finals.lock().expect("not poisoned");
+                for slot in &owned {
+                    let partition = slot.partition as u32;
+                    let clock = stamper.tracker.max_ms(partition);
+                    let last_window_end = clock.map_or(0, |ms| minute_of(ms) + length);
+                    finals.push(CheckpointRecord {
+                        consumer_group: config.group_id.clone(),
+                        topic: config.topic.clone(),
+                        kafka_partition: partition,
+                        next_offset: slot.read_to(),
+                        max_event_ms: clock,
+                        written_to: slot.read_to(),
+                        finalized_through: last_window_end.max(floor),
+                        written_at_us,
+                    });
+                }
+            }
+            if !stamper.advance_shared(now, &shared.board, worker) {
                 info!(worker, "source finished");
                 return;
             }

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ridepulse::config::Config;
 
-/// A test's own topic names and the flags that select them.
+/// A test's own topic names and ClickHouse database, and the flags that select them.
+#[derive(Clone)]
 pub struct Namespace {
     /// The configuration the binary will see.
     pub config: Config,
@@ -18,7 +19,9 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Topics named `it-<test>-<unique>-<topic>` on the test broker.
+    /// Topics named `it-<test>-<unique>-<topic>` on the test broker, and a database
+    /// `it_<test>_<unique>` on the test ClickHouse (`RIDEPULSE_CLICKHOUSE_URL`, default
+    /// http://127.0.0.1:8123).
     pub fn new(test: &str) -> Namespace {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -27,21 +30,63 @@ impl Namespace {
         let prefix = format!("it-{test}-{}-{}", std::process::id(), nanos % 1_000_000_000);
         let brokers =
             std::env::var("RIDEPULSE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let clickhouse = std::env::var("RIDEPULSE_CLICKHOUSE_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let database = prefix.replace('-', "_");
         let args = vec![
             format!("kafka.brokers={brokers}"),
+            format!("clickhouse.url={clickhouse}"),
+            format!("clickhouse.database={database}"),
             format!("topics.ride_events={prefix}-ride-events"),
             format!("topics.driver_locations={prefix}-driver-locations"),
             format!("topics.aggregated={prefix}-analytics-aggregated"),
             format!("topics.dead_letters={prefix}-ride-events-dlq"),
         ];
-        let config = Config::load(None, std::iter::empty(), &args).unwrap();
+        Namespace::from_settings(args)
+    }
+
+    fn from_settings(settings: Vec<String>) -> Namespace {
+        let config = Config::load(None, std::iter::empty(), &settings).unwrap();
         Namespace {
             config,
-            args: args
+            args: settings
                 .into_iter()
                 .flat_map(|a| ["--set".to_string(), a])
                 .collect(),
         }
+    }
+
+    /// The same topics with another `[section] key` (e.g. a second database).
+    pub fn with(&self, key: &str, value: &str) -> Namespace {
+        let mut settings: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| *a != "--set" && !a.starts_with(&format!("{key}=")))
+            .cloned()
+            .collect();
+        settings.push(format!("{key}={value}"));
+        Namespace::from_settings(settings)
+    }
+
+    /// Creates this namespace's database and tables.
+    pub fn migrate(&self) {
+        self.run(&["migrate"]);
+    }
+
+    /// Runs SQL in this namespace's database and returns the TabSeparated rows.
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        self.run(&["query", "--format", "TabSeparated", sql])
+            .lines()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// A single number from SQL.
+    pub fn scalar(&self, sql: &str) -> u64 {
+        let rows = self.query(sql);
+        rows[0][0]
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql}: {rows:?}"))
     }
 
     /// The flags that select this namespace's configuration.
@@ -63,12 +108,17 @@ impl Namespace {
 
     /// Runs `ridepulse <args>` and returns whatever happened.
     pub fn try_run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ridepulse"))
+        self.command(args).output().unwrap()
+    }
+
+    /// The command `ridepulse <args>` in this namespace, to spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ridepulse"));
+        command
             .args(&self.args)
             .args(args)
-            .env_remove("RIDEPULSE_CONFIG")
-            .output()
-            .unwrap()
+            .env_remove("RIDEPULSE_CONFIG");
+        command
     }
 
     /// Creates this namespace's topics.
@@ -90,4 +140,72 @@ pub fn field<T: std::str::FromStr>(text: &str, name: &str) -> T {
         .unwrap_or_else(|| panic!("no {name}= in {text}"))
         .parse()
         .unwrap_or_else(|_| panic!("{name} is not a number in {text}"))
+}
+
+/// Malformed lines mixed into [`dataset`]: invalid JSON, missing fields, wrong shape,
+/// unknown event type.
+pub const MALFORMED_LINES: [&str; 4] = [
+    "{not json",
+    "{\"event_type\":\"requested\"}",
+    "[]",
+    "{\"event_type\":\"flying\",\"ride_id\":\"r\",\"timestamp\":\"2026-11-23T10:00:00Z\",\"city\":\"x\",\"user_id\":\"u\"}",
+];
+
+/// A seeded JSON-lines dataset: the simulator's `count` events at `rate` per minute from
+/// `start`, with a quarter jittered up to 25 s back and 3 % pushed minutes back (late), and
+/// one malformed line after every 600 events. Returns the file.
+pub fn dataset(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    count: u64,
+    rate: u64,
+    start: &str,
+) -> std::path::PathBuf {
+    use dataflows::event::{RideEvent, Timestamp};
+    use rand::{Rng, SeedableRng};
+    let clean = dir.join("clean.jsonl");
+    ns.run(&[
+        "simulate",
+        "--out",
+        clean.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--seed",
+        "21",
+        "--start",
+        start,
+    ]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut lines = Vec::new();
+    for line in std::fs::read_to_string(&clean).unwrap().lines() {
+        let mut event = RideEvent::parse(line.as_bytes()).unwrap();
+        let shift = if rng.random_bool(0.03) {
+            rng.random_range(60_000..600_000)
+        } else if rng.random_bool(0.25) {
+            rng.random_range(0..25_000)
+        } else {
+            0
+        };
+        event.timestamp = Timestamp(event.timestamp.0 - shift);
+        lines.push(event.to_json());
+        if lines.len() % 600 == 0 {
+            lines.push(MALFORMED_LINES[lines.len() / 600 % 4].to_string());
+        }
+    }
+    let path = dir.join("replay.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A fresh temporary folder for one test.
+pub fn temp_dir(test: &str) -> std::path::PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("ridepulse-{test}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

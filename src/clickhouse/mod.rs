@@ -1,0 +1,233 @@
+//! Everything that talks to ClickHouse.
+//!
+//! - [`schema`]: SPEC §4's tables, with DDL chosen from the server's `version()` (modern
+//!   servers get LowCardinality, DateTime64(3) and TTL; Debian's 18.16 gets documented
+//!   equivalents), `ridepulse migrate`, and the column check every job runs at start.
+//! - [`rows`]: the RowBinary row types the sinks insert.
+//! - [`writer`]: the per-process writer thread that performs every durable write of a job
+//!   (ClickHouse inserts and confirmed Kafka deliveries) with retries and backoff.
+//!
+//! All calls go through the official `clickhouse` crate over HTTP; [`connect`] builds the
+//! client from `[clickhouse]` and [`block_on`] runs one call to completion for the
+//! synchronous callers (the CLI and tests).
+
+pub mod rows;
+pub mod schema;
+pub mod writer;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::config::ClickHouseConfig;
+
+/// A failure talking to ClickHouse. [`ClickHouseError::is_retryable`] says whether waiting
+/// and trying again can help (the server is restarting, overloaded, or unreachable) or a
+/// person must change something (schema, credentials, SQL).
+#[derive(Debug, Error)]
+pub enum ClickHouseError {
+    /// No answer: connection refused, reset, or timed out.
+    #[error(
+        "cannot reach ClickHouse at {url}: {detail} (is it running? `scripts/stack status` tells)"
+    )]
+    Unreachable {
+        /// The server URL from `[clickhouse] url`.
+        url: String,
+        /// What the client saw.
+        detail: String,
+    },
+    /// The server answered with an error.
+    #[error("ClickHouse refused {what}: {detail}")]
+    Server {
+        /// What we asked for (`insert into ridepulse.city_metrics`, `migrate`, ...).
+        what: String,
+        /// The server's message (it names the table and column of schema errors).
+        detail: String,
+        /// Whether the error code is a transient one (overload, too many parts, timeouts).
+        retryable: bool,
+    },
+    /// A table's columns differ from what this version of ridepulse writes.
+    #[error("table `{table}`: {problem} (run `ridepulse migrate`, or drop the table if it was made by another program)")]
+    Schema {
+        /// `database.table`.
+        table: String,
+        /// Which column and what is wrong with it.
+        problem: String,
+    },
+    /// The server's `version()` could not be understood.
+    #[error("cannot understand ClickHouse version `{0}`")]
+    Version(String),
+}
+
+impl ClickHouseError {
+    /// Whether the same call may succeed later without anybody changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClickHouseError::Unreachable { .. } => true,
+            ClickHouseError::Server { retryable, .. } => *retryable,
+            ClickHouseError::Schema { .. } | ClickHouseError::Version(_) => false,
+        }
+    }
+
+    /// Classifies an error of the `clickhouse` crate for a call described by `what`.
+    pub fn from_client(url: &str, what: &str, error: clickhouse::error::Error) -> ClickHouseError {
+        use clickhouse::error::Error as E;
+        match error {
+            E::Network(_) | E::TimedOut => ClickHouseError::Unreachable {
+                url: url.to_string(),
+                detail: error_chain(&error),
+            },
+            E::BadResponse(detail) => {
+                let retryable = transient_response(&detail);
+                ClickHouseError::Server {
+                    what: what.to_string(),
+                    detail,
+                    retryable,
+                }
+            }
+            other => ClickHouseError::Server {
+                what: what.to_string(),
+                detail: error_chain(&other),
+                retryable: false,
+            },
+        }
+    }
+}
+
+/// The error and its sources on one line ("network error: ...: Connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// Server errors worth retrying: HTTP 5xx without an exception code, and the exception codes
+/// of overload and transient conditions. Everything else (unknown table or column, type
+/// mismatch, authentication) needs a person.
+fn transient_response(detail: &str) -> bool {
+    // ClickHouse error codes: 159 TIMEOUT_EXCEEDED, 164 READONLY (replica restarting),
+    // 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR,
+    // 241 MEMORY_LIMIT_EXCEEDED, 242 TABLE_IS_READ_ONLY, 252 TOO_MANY_PARTS,
+    // 319 UNKNOWN_STATUS_OF_INSERT, 425 SYSTEM_ERROR, 999 KEEPER_EXCEPTION.
+    const TRANSIENT: [u32; 11] = [159, 164, 202, 209, 210, 241, 242, 252, 319, 425, 999];
+    if let Some(code) = exception_code(detail) {
+        return TRANSIENT.contains(&code);
+    }
+    let status = detail.split_whitespace().next().unwrap_or("");
+    status.len() == 3 && status.starts_with('5')
+}
+
+/// The `Code: N` of a ClickHouse exception text.
+fn exception_code(detail: &str) -> Option<u32> {
+    let at = detail.find("Code: ")? + "Code: ".len();
+    let digits: String = detail[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// A client for `[clickhouse]`: default database set, RowBinary without the crate's schema
+/// fetch (old servers cannot take `RowBinaryWithNamesAndTypes`; [`schema::verify`] checks
+/// the columns once per job instead).
+pub fn connect(config: &ClickHouseConfig) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default()
+        .with_url(config.url.trim_end_matches('/'))
+        .with_database(&config.database)
+        .with_validation(false);
+    if !config.user.is_empty() {
+        client = client.with_user(&config.user);
+    }
+    if !config.password.expose().is_empty() {
+        client = client.with_password(config.password.expose());
+    }
+    client
+}
+
+/// A client without a default database (for `CREATE DATABASE` and version checks, which
+/// must work before the database exists).
+pub fn connect_server(config: &ClickHouseConfig) -> clickhouse::Client {
+    let mut server = config.clone();
+    server.database = "default".into();
+    connect(&server)
+}
+
+/// Runs one future to completion on a small current-thread runtime: for the synchronous
+/// callers (CLI commands and tests); the job's writer thread keeps its own runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime can always be built")
+        .block_on(future)
+}
+
+/// Runs a query and returns the server's text output in `format` (e.g. `TabSeparated`,
+/// `PrettyCompactMonoBlock`). The SQL is sent as is (no `?` binding).
+pub async fn query_text(
+    client: &clickhouse::Client,
+    url: &str,
+    sql: &str,
+    format: &str,
+) -> Result<String, ClickHouseError> {
+    let what = "a query";
+    let mut cursor = client
+        .query_raw(sql)
+        .fetch_bytes(format)
+        .map_err(|e| ClickHouseError::from_client(url, what, e))?;
+    let bytes = cursor
+        .collect()
+        .await
+        .map_err(|e| ClickHouseError::from_client(url, what, e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Runs a statement that returns nothing (DDL).
+pub async fn execute(
+    client: &clickhouse::Client,
+    url: &str,
+    sql: &str,
+) -> Result<(), ClickHouseError> {
+    client
+        .query_raw(sql)
+        .execute()
+        .await
+        .map_err(|e| ClickHouseError::from_client(url, &first_line(sql), e))
+}
+
+fn first_line(sql: &str) -> String {
+    let line = sql.trim().lines().next().unwrap_or("").trim();
+    format!("`{}`", line.trim_end_matches('('))
+}
+
+/// How long one insert may take before it counts as failed and is retried.
+pub const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_server_errors() {
+        assert!(!transient_response(
+            "Code: 16, e.displayText() = DB::Exception: No such column foo in table ridepulse.city_metrics"
+        ));
+        assert!(transient_response(
+            "Code: 252, e.displayText() = DB::Exception: Too many parts (300)"
+        ));
+        assert!(transient_response("503 Service Unavailable"));
+        assert!(!transient_response("404 Not Found"));
+        assert_eq!(
+            exception_code("Code: 60. DB::Exception: Table x doesn't exist"),
+            Some(60)
+        );
+    }
+}

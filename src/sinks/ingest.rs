@@ -1,0 +1,70 @@
+//! The ingest sink: every valid event to `ride_events` (late ones with `is_late = 1`),
+//! every dead letter to the dead-letter topic, and per partition the offset below which all
+//! of it is durable (the source checkpoints no further than that).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use timely::dataflow::StreamVec;
+
+use super::durable::durable_sink;
+use crate::clickhouse::writer::{Batch, Writer};
+use crate::kafka::source::Ingested;
+
+/// Per partition (of this worker), the offset below which every message the source handed
+/// to this sink is durable. Shared with the source of the same worker.
+#[derive(Debug, Default)]
+pub struct IngestProgress {
+    durable: BTreeMap<u32, i64>,
+}
+
+impl IngestProgress {
+    /// The offset below which `partition`'s messages are durable (`None`: none sent yet).
+    pub fn durable(&self, partition: u32) -> Option<i64> {
+        self.durable.get(&partition).copied()
+    }
+
+    fn confirm(&mut self, partition: u32, next: i64) {
+        let entry = self.durable.entry(partition).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+}
+
+/// Writes `ingested` (this worker's source output, in offset order per partition).
+pub fn ingest_sink<'scope>(
+    ingested: StreamVec<'scope, u64, Ingested>,
+    writer: Arc<Writer>,
+    progress: Rc<RefCell<IngestProgress>>,
+) -> StreamVec<'scope, u64, ()> {
+    durable_sink(
+        ingested,
+        "IngestSink",
+        writer,
+        |data: Vec<Ingested>| {
+            let mut batch = Batch::default();
+            let mut reached: BTreeMap<u32, i64> = BTreeMap::new();
+            for item in data {
+                if let Ingested::Replayed(_) = item {
+                    continue; // written before a restart
+                }
+                let (partition, offset) = item.position();
+                let next = reached.entry(partition).or_insert(0);
+                *next = (*next).max(offset as i64 + 1);
+                match item {
+                    Ingested::Event(sourced) => batch.events.push(sourced),
+                    Ingested::Dead(dead) => batch.dead.push(dead),
+                    Ingested::Replayed(_) => {}
+                }
+            }
+            (batch, reached)
+        },
+        move |reached: BTreeMap<u32, i64>| {
+            let mut progress = progress.borrow_mut();
+            for (partition, next) in reached {
+                progress.confirm(partition, next);
+            }
+        },
+    )
+}
