@@ -1,0 +1,54 @@
+"""Runs ridepulse's modern-server DDL and shipped SQL in chDB (an embedded modern ClickHouse).
+
+Usage: check_modern.py DDL_FILE SQL_FILE...
+Creates the tables from DDL_FILE, inserts a small known set of events (one re-delivered
+message, one late event, one outside the last hour), runs each SQL file and prints its
+result as JSON lines: {"file": ..., "rows": [...]}. Exits non-zero on any error.
+"""
+import json
+import sys
+import time
+
+from chdb import session
+
+
+def main():
+    ddl_file, sql_files = sys.argv[1], sys.argv[2:]
+    s = session.Session()
+    for statement in open(ddl_file).read().split(";"):
+        if statement.strip():
+            s.query(statement)
+    now_ms = int(time.time() * 1000)
+    rows = []
+
+    def event(offset, event_type, minutes_ago, city, user, fare, late=0):
+        ts = now_ms - int(minutes_ago * 60_000)
+        fare_sql = "NULL" if fare is None else repr(fare)
+        rows.append(
+            f"('{event_type}', 'ride-{offset}', fromUnixTimestamp64Milli({ts}, 'UTC'), {ts}, '{city}', "
+            f"'{user}', NULL, {fare_sql}, 48.1, 17.1, 48.2, 17.2, 0, {offset}, {late}, now())"
+        )
+
+    event(1, "requested", 10, "bratislava", "u1", 8.5)
+    event(2, "requested", 9, "bratislava", "u2", 11.5)
+    event(3, "completed", 5, "bratislava", "u1", None)
+    event(4, "requested", 8, "brno", "u3", 7.0)
+    event(5, "cancelled", 4, "brno", "u3", None)
+    event(6, "requested", 30, "brno", "u4", 9.0, late=1)
+    event(7, "requested", 90, "brno", "u5", 9.0)  # outside the last hour
+    event(2, "requested", 9, "bratislava", "u2", 11.5)  # offset 2 re-delivered
+    s.query(
+        "INSERT INTO ridepulse.ride_events (event_type, ride_id, timestamp, timestamp_ms, city, "
+        "user_id, driver_id, estimated_fare, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, "
+        "kafka_partition, kafka_offset, is_late, ingested_at) VALUES " + ", ".join(rows)
+    )
+    for path in sql_files:
+        sql = open(path).read().strip().rstrip(";")
+        s.query("USE ridepulse")
+        result = s.query(sql, "JSONCompact")
+        data = json.loads(result.bytes() if hasattr(result, "bytes") else str(result))
+        print(json.dumps({"file": path.rsplit("/", 1)[-1], "rows": data["data"]}))
+
+
+if __name__ == "__main__":
+    main()
