@@ -4,7 +4,7 @@
 //! and the dead-letter topic. Each is checked against an independent reference: ClickHouse
 //! SQL over the raw events, the Rust oracle over what the broker holds, and the malformed
 //! lines themselves. Then: a second run and a `--from-beginning` run change nothing, and a
-//! run stopped with SIGTERM half-way and restarted ends identical to a clean run.
+//! run killed with SIGKILL half-way and restarted ends identical to a clean run.
 
 mod common;
 
@@ -262,7 +262,7 @@ fn until_end_fills_clickhouse_and_kafka_exactly() {
 }
 
 #[test]
-fn a_job_stopped_half_way_and_restarted_ends_identical() {
+fn a_job_killed_half_way_and_restarted_ends_identical() {
     let clean = Namespace::new("sigterm");
     clean.create_topics();
     clean.migrate();
@@ -271,7 +271,7 @@ fn a_job_stopped_half_way_and_restarted_ends_identical() {
         summary_of(&clean.try_run(&["run", "--until-end", "-w", "2", "--group", "clean"]));
     assert_eq!(field::<u64>(&summary, "written_events"), data.valid);
 
-    // The same topics, another database: stop a run half-way, then run again.
+    // The same topics, another database: kill a run half-way, then run again.
     let database = format!("{}_restarted", clean.config.clickhouse.database);
     let restarted = clean.with("clickhouse.database", &database);
     restarted.migrate();
@@ -282,31 +282,32 @@ fn a_job_stopped_half_way_and_restarted_ends_identical() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    // Stop it once it has written a good part and checkpointed some of it, so the restart
-    // really resumes (how far depends on how far windows had closed).
-    let resumable = "SELECT max(written_to) > 0 FROM checkpoints FINAL";
-    while restarted.scalar("SELECT count() FROM ride_events") < data.valid * 3 / 10
-        || restarted.scalar(resumable) == 0
-    {
-        assert!(Instant::now() < deadline, "the run wrote too little");
+    // Kill it (SIGKILL: no chance to clean up) as soon as it has checkpointed a resume point,
+    // so the restart really resumes. How much of `ride_events` is written by then depends on
+    // the machine; what matters is that the checkpoints do not cover the whole topic yet.
+    let total = data.records.len() as u64;
+    let resumable = "SELECT count() > 0 AND max(written_to) > 0 FROM checkpoints FINAL";
+    while restarted.scalar(resumable) == 0 {
+        assert!(Instant::now() < deadline, "the run checkpointed nothing");
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be stopped"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    send_signal(child.id(), "TERM");
+    send_signal(child.id(), "KILL");
     let status = child.wait().unwrap();
     assert_eq!(
         status.signal(),
-        Some(15),
-        "stopped by SIGTERM, not finished: {status:?}"
+        Some(9),
+        "killed, not finished: {status:?}"
     );
+    let covered = restarted.scalar("SELECT sum(next_offset) FROM checkpoints FINAL");
     let partial = restarted.scalar("SELECT count() FROM ride_events FINAL");
+    eprintln!("killed with {partial} events written, checkpoints covering {covered} of {total} messages");
     assert!(
-        partial < data.valid,
-        "stopped half-way: {partial} of {}",
-        data.valid
+        covered < total,
+        "killed half-way: checkpoints cover {covered} of {total} messages"
     );
 
     let resumed =
