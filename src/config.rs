@@ -24,6 +24,45 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Window, lateness and emission settings (SPEC §3).
     pub window: WindowConfig,
+    /// The cluster layout file and where submitted jobs keep their state.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The layout file (`workers.toml`) jobs take their processes from.
+    pub layout: PathBuf,
+    /// Where `ridepulse job` keeps each job's state and logs; empty means
+    /// `$XDG_STATE_HOME/ridepulse/jobs` (or `~/.local/state/ridepulse/jobs`).
+    pub state_dir: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            layout: PathBuf::from("workers.toml"),
+            state_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The state directory, with the default resolved.
+    pub fn state_dir(&self) -> PathBuf {
+        if !self.state_dir.as_os_str().is_empty() {
+            return self.state_dir.clone();
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                    .join(".local/state")
+            });
+        base.join("ridepulse/jobs")
+    }
 }
 
 /// `[kafka]`
@@ -214,8 +253,9 @@ impl Config {
         }
         let known = known_keys(&table);
         // Only variables under a config section are config keys (RIDEPULSE_KAFKA_…,
-        // RIDEPULSE_TOPICS_…, RIDEPULSE_CLICKHOUSE_…, RIDEPULSE_WINDOW_…); others such as
-        // RIDEPULSE_CONFIG or the stack script's RIDEPULSE_STACK_… belong to someone else.
+        // RIDEPULSE_TOPICS_…, RIDEPULSE_CLICKHOUSE_…, RIDEPULSE_WINDOW_…, RIDEPULSE_CLUSTER_…);
+        // others such as RIDEPULSE_CONFIG or the stack script's RIDEPULSE_STACK_… belong to
+        // someone else.
         let sections: Vec<String> = table
             .keys()
             .map(|s| format!("{ENV_PREFIX}{}_", s.to_uppercase()))

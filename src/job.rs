@@ -1,4 +1,5 @@
-//! `ridepulse run`: the city-metrics job in one process with N worker threads.
+//! `ridepulse run`: one process of the city-metrics job (one process with N worker threads,
+//! or process I of a cluster layout, see `cluster`).
 //!
 //! On every worker: Kafka source → city-metrics dataflow → sinks. The ingest sink writes
 //! raw events to `ride_events` and dead letters to the dead-letter topic; the metrics sink
@@ -11,6 +12,7 @@
 //! error. `--until-end` runs write their final checkpoints after the dataflow completes.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,7 @@ use tracing::info;
 use crate::clickhouse::rows::CheckpointRecord;
 use crate::clickhouse::writer::{Batch, Writer};
 use crate::clickhouse::{self, schema};
+use crate::cluster::Layout;
 use crate::config::Config;
 use crate::kafka::settings;
 use crate::kafka::source::{
@@ -42,8 +45,14 @@ use crate::sinks::metrics::metrics_sink;
 /// How to run the job.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Worker threads in this process.
-    pub workers: usize,
+    /// The processes of the job and their worker threads (one local process by default).
+    pub layout: Layout,
+    /// Which process of `layout` this is.
+    pub process: usize,
+    /// Only these cities (`None`: all).
+    pub cities: Option<BTreeSet<String>>,
+    /// Whether this job writes malformed messages to the dead-letter topic.
+    pub dead_letters: bool,
     /// Read up to the end offsets that exist at start, finalize every window, and exit.
     pub until_end: bool,
     /// Also print emitted rows as JSON lines.
@@ -67,6 +76,8 @@ pub struct RunSummary {
     pub invalid: u64,
     /// Messages re-read after a restart that were already written.
     pub replayed: u64,
+    /// Valid events of cities another job owns.
+    pub other_cities: u64,
     /// Rows written to `ride_events`.
     pub written_events: u64,
     /// Dead letters delivered.
@@ -144,6 +155,8 @@ pub fn run<W: Write + Send + 'static>(
         until_end: options.until_end,
         window_length_minutes: config.window.length_minutes,
         checkpoint_interval: Duration::from_secs(1),
+        cities: options.cities.clone(),
+        dead_letters: options.dead_letters,
     };
     let window = WindowConfig {
         length_minutes: config.window.length_minutes,
@@ -152,7 +165,9 @@ pub fn run<W: Write + Send + 'static>(
         finalized_through: resume.finalized_through(),
     };
     info!(
-        workers = options.workers,
+        process = options.process,
+        processes = options.layout.processes.len(),
+        workers = options.layout.total_workers(),
         partitions,
         topic = %source.topic,
         until_end = options.until_end,
@@ -163,7 +178,7 @@ pub fn run<W: Write + Send + 'static>(
     let shared = SourceShared {
         counters: Arc::new(SourceCounters::default()),
         // The workers combine their partitions' marks into the job's watermark here.
-        board: Arc::new(MarksBoard::new(options.workers)),
+        board: Arc::new(MarksBoard::new(options.layout.total_workers())),
         writer: writer.clone(),
         resume: Arc::new(resume),
         finals: Arc::new(Mutex::new(Vec::new())),
@@ -172,7 +187,12 @@ pub fn run<W: Write + Send + 'static>(
     let started = Instant::now();
     let (print, final_only) = (options.print, options.final_only);
     let (worker_shared, worker_out) = (shared.clone(), out.clone());
-    let guards = timely::execute(timely::Config::process(options.workers), move |worker| {
+    let timely_config = options
+        .layout
+        .timely_config(options.process)
+        .map_err(anyhow::Error::msg)?;
+    // With several processes this waits until all of them are connected.
+    let guards = timely::execute(timely_config, move |worker| {
         let shared = worker_shared.clone();
         let out = worker_out.clone();
         let writer = shared.writer.clone();
@@ -197,6 +217,11 @@ pub fn run<W: Write + Send + 'static>(
         })
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
+    info!(
+        process = options.process,
+        processes = options.layout.processes.len(),
+        "cluster connected; workers running"
+    );
 
     // Join the workers on a helper thread, so this one can watch for fatal write errors.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -256,6 +281,7 @@ pub fn run<W: Write + Send + 'static>(
         late: counters.late.load(Ordering::Relaxed),
         invalid: counters.invalid.load(Ordering::Relaxed),
         replayed: counters.replayed.load(Ordering::Relaxed),
+        other_cities: counters.other_cities.load(Ordering::Relaxed),
         written_events: stats.events.load(Ordering::Relaxed),
         dead_letters: stats.dead_letters.load(Ordering::Relaxed),
         rows: stats.metrics.load(Ordering::Relaxed),

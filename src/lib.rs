@@ -18,14 +18,20 @@
 //!   and the writer thread that makes every write durable, with retries.
 //! - [`sinks`]: the sink operators (ClickHouse + Kafka) that report durability back to the
 //!   source, which commits offsets behind it.
-//! - [`job`]: `ridepulse run`, the city-metrics job (Kafka source → dataflow → rows).
+//! - [`job`]: `ridepulse run`, one process of the city-metrics job (Kafka source →
+//!   dataflow → sinks).
+//! - [`cluster`]: the layout (`workers.toml`) and timely's cluster configuration from it.
+//! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
+//!   that restarts them from their checkpoints.
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
 #![deny(missing_docs)]
 
 pub mod clickhouse;
+pub mod cluster;
 pub mod config;
 pub mod job;
+pub mod jobs;
 pub mod kafka;
 pub mod simulator;
 pub mod sinks;

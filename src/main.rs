@@ -47,6 +47,59 @@ enum Command {
     Migrate(MigrateArgs),
     /// Run SQL against ClickHouse and print the result (e.g. `--file sql/rides_per_minute.sql`).
     Query(QueryArgs),
+    /// Jobs per city set on the processes of workers.toml, supervised and restarted.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    /// Start a job for a set of cities (returns once its processes are connected).
+    Submit {
+        /// The job's name (lowercase letters, digits, - and _).
+        #[arg(long)]
+        name: String,
+        /// Its cities, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "all_cities",
+            conflicts_with = "all_cities"
+        )]
+        cities: Vec<String>,
+        /// Every city.
+        #[arg(long)]
+        all_cities: bool,
+        /// The layout file (default: the `cluster.layout` key, `workers.toml`).
+        #[arg(long)]
+        workers: Option<PathBuf>,
+        /// How long to wait for every process to connect.
+        #[arg(long, value_parser = world::parse_duration, default_value = "60s")]
+        wait: Duration,
+    },
+    /// Every job: cities, processes, state, restarts, watermark, consumer lag.
+    List,
+    /// Print a job's process logs.
+    Logs {
+        /// The job.
+        name: String,
+        /// Lines from the end of each log.
+        #[arg(long, default_value_t = 40)]
+        lines: usize,
+    },
+    /// Stop a job and all its processes.
+    Stop {
+        /// The job.
+        name: String,
+    },
+    /// (internal) Run a job's supervisor; `submit` starts it.
+    #[command(hide = true)]
+    Supervise {
+        /// The job.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -74,9 +127,22 @@ struct QueryArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Worker threads.
-    #[arg(short = 'w', long, default_value_t = 1)]
-    workers: usize,
+    /// Worker threads in one process (a number), or a cluster layout file (`workers.toml`)
+    /// of which this is process --process.
+    #[arg(short = 'w', long, default_value = "1", value_parser = parse_workers)]
+    workers: Workers,
+    /// With a layout: which of its processes this is (0-based).
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// With a layout: use the processes of this job's `[jobs.NAME]` override, if it has one.
+    #[arg(long)]
+    layout_job: Option<String>,
+    /// Only these cities (comma-separated); default: every city.
+    #[arg(long, value_delimiter = ',')]
+    cities: Vec<String>,
+    /// Do not write malformed messages to the dead-letter topic (another job does).
+    #[arg(long)]
+    no_dead_letters: bool,
     /// Read up to the end offsets that exist at start, emit every window's final row, exit 0.
     #[arg(long)]
     until_end: bool,
@@ -206,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Simulate(args) => simulate(&config, args)?,
+        Command::Job { action } => job(&config, action)?,
         Command::Migrate(args) => migrate(&config, args)?,
         Command::Query(args) => {
             let sql = match (&args.sql, &args.file) {
@@ -224,11 +291,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
         }
         Command::Run(args) => {
-            if args.workers == 0 {
-                bail!("-w/--workers must be at least 1");
+            let layout = match &args.workers {
+                Workers::Threads(0) => bail!("-w/--workers must be at least 1"),
+                Workers::Threads(n) => ridepulse::cluster::Layout::local(*n),
+                Workers::Layout(path) => ridepulse::cluster::LayoutSet::load(path)?
+                    .for_job(args.layout_job.as_deref())
+                    .clone(),
+            };
+            if matches!(args.workers, Workers::Threads(_)) && args.process != 0 {
+                bail!("--process needs a layout file: --workers workers.toml");
             }
+            // Checked before anything connects anywhere.
+            layout
+                .timely_config(args.process)
+                .map_err(anyhow::Error::msg)?;
             let options = ridepulse::job::RunOptions {
-                workers: args.workers,
+                cities: ridepulse::jobs::parse_cities(&args.cities)?,
+                dead_letters: !args.no_dead_letters,
+                process: args.process,
+                layout,
                 until_end: args.until_end,
                 print: args.print,
                 final_only: args.final_only,
@@ -238,11 +319,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // stdout is line-buffered: a live run's rows show as they are emitted.
             let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
             eprintln!(
-                "events={} late={} invalid={} replayed={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
+                "events={} late={} invalid={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
                 summary.events,
                 summary.late,
                 summary.invalid,
                 summary.replayed,
+                summary.other_cities,
                 summary.written_events,
                 summary.dead_letters,
                 summary.rows,
@@ -405,5 +487,115 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         summary.elapsed.as_secs_f64(),
         summary.rate()
     );
+    Ok(())
+}
+
+/// `--workers`: a thread count or a layout file.
+#[derive(Clone, Debug)]
+enum Workers {
+    Threads(usize),
+    Layout(PathBuf),
+}
+
+fn parse_workers(text: &str) -> Result<Workers, String> {
+    match text.parse::<usize>() {
+        Ok(n) => Ok(Workers::Threads(n)),
+        Err(_) if text.ends_with(".toml") || std::path::Path::new(text).exists() => {
+            Ok(Workers::Layout(PathBuf::from(text)))
+        }
+        Err(_) => Err(format!(
+            "`{text}` is neither a number of worker threads nor a layout file (e.g. workers.toml)"
+        )),
+    }
+}
+
+fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
+    use ridepulse::jobs::{self, JobDir};
+    match action {
+        JobAction::Submit {
+            name,
+            cities,
+            all_cities,
+            workers,
+            wait,
+        } => {
+            let cities = if all_cities {
+                None
+            } else {
+                jobs::parse_cities(&cities)?
+            };
+            let request = jobs::SubmitRequest {
+                name,
+                cities,
+                layout: workers,
+                wait,
+            };
+            let spec = jobs::submit(config, &request)?;
+            println!(
+                "job {} running: cities {}, {} processes x {} workers, group {}{}",
+                spec.name,
+                spec.cities_text(),
+                spec.processes.len(),
+                spec.processes[0].workers,
+                spec.group,
+                if spec.dead_letters {
+                    ", writes dead letters"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "logs: ridepulse job logs {0}    stop: ridepulse job stop {0}",
+                spec.name
+            );
+        }
+        JobAction::List => {
+            println!(
+                "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8}",
+                "NAME", "CITIES", "PROCESSES", "STATE", "RESTARTS", "WATERMARK", "LAG"
+            );
+            for row in jobs::status::list(config) {
+                println!(
+                    "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8}",
+                    row.spec.name,
+                    row.spec.cities_text(),
+                    format!(
+                        "{}x{}",
+                        row.spec.processes.len(),
+                        row.spec.processes[0].workers
+                    ),
+                    row.state,
+                    row.restarts,
+                    row.watermark.unwrap_or_else(|| "?".into()),
+                    row.lag.map_or_else(|| "?".into(), |l| l.to_string())
+                );
+            }
+        }
+        JobAction::Logs { name, lines } => {
+            let dir = JobDir::new(&config.cluster.state_dir(), &name);
+            let spec = dir
+                .spec()
+                .with_context(|| format!("no job named `{name}`"))?;
+            let mut logs = vec![("supervisor".to_string(), dir.supervisor_log())];
+            for index in 0..spec.processes.len() {
+                logs.push((format!("process {index}"), dir.process_log(index)));
+            }
+            for (what, path) in logs {
+                println!("==> {what}: {} <==", path.display());
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                for line in &all[all.len().saturating_sub(lines)..] {
+                    println!("{line}");
+                }
+            }
+        }
+        JobAction::Stop { name } => {
+            jobs::stop(config, &name, Duration::from_secs(30))?;
+            println!("job {name} stopped");
+        }
+        JobAction::Supervise { name } => {
+            jobs::supervisor::supervise(&JobDir::new(&config.cluster.state_dir(), &name))?
+        }
+    }
     Ok(())
 }

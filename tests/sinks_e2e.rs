@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::{field, Namespace};
+use common::{field, send_signal, snapshot, summary_of, Namespace};
 use dataflows::event::RideEvent;
 use dataflows::metrics_row::CityMetricsRow;
 use ridepulse::kafka::plain_consumer::{read_all, Record};
@@ -41,17 +41,6 @@ SELECT city, toUnixTimestamp(window_start), total_events, requests, completions,
        cancellations, avg_fare, unique_riders
 FROM city_metrics FINAL
 ORDER BY city, window_start";
-
-/// Everything the job wrote except wall-clock columns, for before/after comparisons.
-const SNAPSHOT_SQL: [&str; 3] = [
-    "SELECT city, toUnixTimestamp(window_start), toUnixTimestamp(window_end), total_events, requests, completions, cancellations, avg_fare, unique_riders, is_final, version FROM city_metrics FINAL ORDER BY city, window_start",
-    "SELECT kafka_partition, kafka_offset, event_type, ride_id, timestamp_ms, city, user_id, driver_id, estimated_fare, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, is_late FROM ride_events FINAL ORDER BY kafka_partition, kafka_offset",
-    "SELECT count() FROM city_metrics FINAL WHERE is_final = 0",
-];
-
-fn snapshot(ns: &Namespace) -> Vec<Vec<Vec<String>>> {
-    SNAPSHOT_SQL.iter().map(|sql| ns.query(sql)).collect()
-}
 
 fn assert_same_numbers(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: row counts differ");
@@ -101,12 +90,6 @@ fn replay(ns: &Namespace, count: u64, rate: u64, start: &str) -> Replayed {
         expected,
         late,
     }
-}
-
-fn summary_of(output: &std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    stderr.lines().last().unwrap().to_string()
 }
 
 #[test]
@@ -297,14 +280,12 @@ fn a_job_killed_half_way_and_restarted_ends_identical() {
     }
     send_signal(child.id(), "KILL");
     let status = child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "killed, not finished: {status:?}"
-    );
+    assert_eq!(status.signal(), Some(9), "killed, not finished: {status:?}");
     let covered = restarted.scalar("SELECT sum(next_offset) FROM checkpoints FINAL");
     let partial = restarted.scalar("SELECT count() FROM ride_events FINAL");
-    eprintln!("killed with {partial} events written, checkpoints covering {covered} of {total} messages");
+    eprintln!(
+        "killed with {partial} events written, checkpoints covering {covered} of {total} messages"
+    );
     assert!(
         covered < total,
         "killed half-way: checkpoints cover {covered} of {total} messages"
@@ -430,13 +411,4 @@ fn a_live_job_restarted_from_its_checkpoints_rebuilds_its_open_windows() {
     assert_eq!(got[1].len(), want[1].len(), "ride_events rows");
     assert_eq!(got[1], want[1], "ride_events FINAL");
     assert_eq!(got[2], want[2]);
-}
-
-/// Sends a signal with the system's `kill` (no libc dependency for one call).
-fn send_signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

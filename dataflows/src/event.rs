@@ -140,7 +140,11 @@ pub struct GeoPoint {
 }
 
 /// One message of the `ride-events` topic (SPEC §2), validated.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized as SPEC §2's JSON (absent optional fields left out) for people and Kafka, and
+/// with every field in order for timely's exchange between processes (bincode, which is not
+/// self-describing, cannot skip fields): see the `Serialize` impl.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RideEvent {
     /// What happened.
     pub event_type: EventType,
@@ -156,14 +160,42 @@ pub struct RideEvent {
     /// The rider.
     pub user_id: String,
     /// The driver, once one is assigned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub driver_id: Option<String>,
     /// Where the rider is picked up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pickup: Option<GeoPoint>,
     /// Where the rider goes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dropoff: Option<GeoPoint>,
+}
+
+impl Serialize for RideEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // JSON leaves absent optional fields out; a binary format keeps every position.
+        let skip_absent = serializer.is_human_readable();
+        let mut out = serializer.serialize_struct("RideEvent", 9)?;
+        out.serialize_field("event_type", &self.event_type)?;
+        out.serialize_field("ride_id", &self.ride_id)?;
+        out.serialize_field("timestamp", &self.timestamp)?;
+        out.serialize_field("city", &self.city)?;
+        out.serialize_field("estimated_fare", &self.estimated_fare)?;
+        out.serialize_field("user_id", &self.user_id)?;
+        if skip_absent && self.driver_id.is_none() {
+            out.skip_field("driver_id")?;
+        } else {
+            out.serialize_field("driver_id", &self.driver_id)?;
+        }
+        for (name, point) in [("pickup", &self.pickup), ("dropoff", &self.dropoff)] {
+            if skip_absent && point.is_none() {
+                out.skip_field(name)?;
+            } else {
+                out.serialize_field(name, point)?;
+            }
+        }
+        out.end()
+    }
 }
 
 /// Why a `ride-events` message is a dead letter. The text names the field and the problem.
@@ -363,6 +395,30 @@ mod tests {
             object.insert(field.into(), serde_json::from_str(value).unwrap());
         }
         serde_json::Value::Object(object).to_string()
+    }
+
+    #[test]
+    fn events_cross_processes_through_timelys_binary_encoding() {
+        let full = RideEvent::parse(VALID.as_bytes()).unwrap();
+        let mut sparse = full.clone();
+        sparse.estimated_fare = None;
+        sparse.pickup = None;
+        sparse.dropoff = None;
+        let mut driven = sparse.clone();
+        driven.driver_id = Some("driver-9".into());
+        for event in [full, sparse, driven] {
+            let bytes = bincode::serialize(&event).unwrap();
+            assert_eq!(bincode::deserialize::<RideEvent>(&bytes).unwrap(), event);
+            // JSON still leaves absent fields out.
+            let json = event.to_json();
+            assert_eq!(json.contains("pickup"), event.pickup.is_some(), "{json}");
+            assert_eq!(
+                json.contains("driver_id"),
+                event.driver_id.is_some(),
+                "{json}"
+            );
+            assert_eq!(RideEvent::parse(json.as_bytes()).unwrap(), event);
+        }
     }
 
     /// 2026-11-23T10:00:01.250Z in milliseconds, computed independently of chrono.

@@ -16,7 +16,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::event::RideEvent;
-use crate::watermark::{MarksBoard, WatermarkTracker};
+use crate::watermark::{MarksBoard, MarksPost, WatermarkTracker};
 
 /// A valid event as a source read it, with where it came from and the lateness verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,8 @@ pub struct EventStamper {
     /// Per-partition clocks.
     pub tracker: WatermarkTracker,
     capability: Option<Capability<u64>>,
+    /// Posts made to a [`MarksBoard`] so far.
+    posts: u64,
 }
 
 impl EventStamper {
@@ -50,6 +52,7 @@ impl EventStamper {
         EventStamper {
             tracker,
             capability: Some(capability),
+            posts: 0,
         }
     }
 
@@ -104,8 +107,27 @@ impl EventStamper {
     /// Like [`EventStamper::advance`], with the job's watermark combined through a
     /// [`MarksBoard`] shared by the workers of this process.
     pub fn advance_shared(&mut self, now: Instant, board: &MarksBoard, worker: usize) -> bool {
-        let candidate = board.post(worker, self.tracker.local_marks(now));
-        let mark = self.tracker.advance_to(candidate);
+        self.post_marks(now, board, worker);
+        self.advance_from(board)
+    }
+
+    /// Posts this source's marks to `board` as `worker` and returns the post, for the
+    /// boards of other processes.
+    pub fn post_marks(&mut self, now: Instant, board: &MarksBoard, worker: usize) -> MarksPost {
+        self.posts += 1;
+        let post = MarksPost {
+            worker,
+            seq: self.posts,
+            marks: self.tracker.local_marks(now),
+        };
+        board.record(post);
+        post
+    }
+
+    /// Moves the capability up to the job's watermark as `board` has it (see
+    /// [`EventStamper::advance`]).
+    pub fn advance_from(&mut self, board: &MarksBoard) -> bool {
+        let mark = self.tracker.advance_to(board.candidate());
         self.advance_to(mark)
     }
 

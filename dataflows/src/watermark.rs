@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 /// One partition's clock.
 #[derive(Clone, Debug)]
 struct PartitionClock {
@@ -154,7 +156,7 @@ impl WatermarkTracker {
 /// has its windows closed). Workers each own some partitions, so they combine their
 /// `LocalMarks` to get the same job watermark: a worker whose partitions are all idle then
 /// follows the others instead of holding the whole job back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalMarks {
     /// An active partition has read nothing yet.
     pub holding: bool,
@@ -181,29 +183,53 @@ impl LocalMarks {
     }
 }
 
-/// The workers of one process post their [`LocalMarks`] here and read the job's watermark.
+/// One worker's [`LocalMarks`] as posted to a [`MarksBoard`]; the source also sends it to the
+/// workers of the other processes, whose boards record it too. `seq` grows with every post
+/// of that worker, so a board never goes back to an older post that arrives late.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarksPost {
+    /// The worker's index in the whole job.
+    pub worker: usize,
+    /// The worker's post counter.
+    pub seq: u64,
+    /// Its marks.
+    pub marks: LocalMarks,
+}
+
+/// Every worker's newest [`LocalMarks`], from which each worker reads the job's watermark.
+/// The workers of a process share one board; posts of other processes' workers reach it
+/// through the dataflow (see the Kafka source), so the watermark is the job's, not the
+/// process's.
 #[derive(Debug)]
 pub struct MarksBoard {
-    parts: std::sync::Mutex<Vec<Option<LocalMarks>>>,
+    parts: std::sync::Mutex<Vec<Option<(u64, LocalMarks)>>>,
 }
 
 impl MarksBoard {
-    /// A board for `workers` workers; a worker counts once it has posted.
+    /// A board for `workers` workers (in the whole job); a worker counts once it has posted.
     pub fn new(workers: usize) -> MarksBoard {
         MarksBoard {
             parts: std::sync::Mutex::new(vec![None; workers]),
         }
     }
 
-    /// Posts `worker`'s marks and returns the job's watermark candidate (`None` until every
-    /// worker has posted, or while one is holding).
-    pub fn post(&self, worker: usize, marks: LocalMarks) -> Option<i64> {
+    /// Records `post` unless the board holds a newer one from the same worker.
+    pub fn record(&self, post: MarksPost) {
         let mut parts = self.parts.lock().expect("not poisoned");
-        parts[worker] = Some(marks);
+        let slot = &mut parts[post.worker];
+        if slot.is_none_or(|(seq, _)| seq < post.seq) {
+            *slot = Some((post.seq, post.marks));
+        }
+    }
+
+    /// The job's watermark candidate: `None` until every worker has posted, or while one is
+    /// holding.
+    pub fn candidate(&self) -> Option<i64> {
+        let parts = self.parts.lock().expect("not poisoned");
         if parts.iter().any(Option::is_none) {
             return None;
         }
-        LocalMarks::combine(parts.iter().flatten().copied())
+        LocalMarks::combine(parts.iter().flatten().map(|(_, marks)| *marks))
     }
 }
 
@@ -327,23 +353,29 @@ mod tests {
         quiet.add_partition(0, now);
         quiet.set_at_end(0, true, now);
         let board = MarksBoard::new(2);
+        let post = |board: &MarksBoard, worker, seq, marks| {
+            board.record(MarksPost { worker, seq, marks });
+            board.candidate()
+        };
         assert_eq!(
-            board.post(0, quiet.local_marks(now)),
+            post(&board, 0, 1, quiet.local_marks(now)),
             None,
             "worker 1 has not posted"
         );
         let later = now + Duration::from_secs(5);
         assert_eq!(
-            board.post(1, busy.local_marks(later)),
+            post(&board, 1, 1, busy.local_marks(later)),
             None,
             "worker 0 was holding when it posted"
         );
-        assert_eq!(board.post(0, quiet.local_marks(later)), Some(570_000));
+        assert_eq!(post(&board, 0, 2, quiet.local_marks(later)), Some(570_000));
+        // An older post arriving late (from another process) changes nothing.
+        assert_eq!(post(&board, 0, 1, quiet.local_marks(now)), Some(570_000));
         assert_eq!(quiet.advance_to(Some(570_000)), Some(570_000));
         assert_eq!(quiet.advance_to(Some(10)), Some(570_000), "never backwards");
         // A worker with an active partition that has read nothing holds everyone.
         quiet.add_partition(2, later);
-        assert_eq!(board.post(0, quiet.local_marks(later)), None);
+        assert_eq!(post(&board, 0, 3, quiet.local_marks(later)), None);
     }
 
     #[test]

@@ -37,14 +37,18 @@ use std::time::{Duration, Instant};
 
 use dataflows::event::RideEvent;
 use dataflows::partitioned_source::{minute_of, EventStamper, SourcedEvent};
-use dataflows::watermark::{MarksBoard, WatermarkTracker};
+use dataflows::watermark::{LocalMarks, MarksBoard, MarksPost, WatermarkTracker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use timely::dataflow::operators::generic::operator::source;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
@@ -81,6 +85,21 @@ pub struct SourceConfig {
     pub window_length_minutes: u64,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
+    /// Only events of these cities go downstream (`None`: every city). Lateness and the
+    /// watermark still see every event of a partition, so a job per city set computes
+    /// exactly the rows an all-cities job computes for those cities.
+    pub cities: Option<std::collections::BTreeSet<String>>,
+    /// Whether this job sends malformed messages to the dead-letter topic (with several
+    /// jobs on one topic, exactly one of them does).
+    pub dead_letters: bool,
+}
+
+impl SourceConfig {
+    fn keeps(&self, city: &str) -> bool {
+        self.cities
+            .as_ref()
+            .is_none_or(|cities| cities.contains(city))
+    }
 }
 
 /// Where a job resumes: the newest checkpoint of each partition (none for a fresh start).
@@ -147,6 +166,8 @@ pub struct SourceCounters {
     pub invalid: AtomicU64,
     /// Messages re-read after a restart that were already written.
     pub replayed: AtomicU64,
+    /// Valid events of cities this job does not own (read, not counted).
+    pub other_cities: AtomicU64,
 }
 
 /// What the sources of a process share with each other and the job.
@@ -259,7 +280,20 @@ pub fn kafka_source<'scope>(
     info!(worker, partitions = ?mine, topic = %config.topic, resumed = !shared.resume.partitions.is_empty(), "source assigned");
     let config = config.clone();
     let length = config.window_length_minutes;
-    Ok(source(scope, "KafkaSource", move |mut capability, info| {
+    let board = shared.board.clone();
+    let mut builder = OperatorBuilder::new("KafkaSource".to_owned(), scope);
+    let info = builder.operator_info();
+    let (data_output, stream) = builder.new_output::<Vec<Ingested>>();
+    let (marks_output, marks_stream) = builder.new_output::<Vec<MarksPost>>();
+    let mut data_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Ingested>>>::from(data_output);
+    let mut marks_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<MarksPost>>>::from(marks_output);
+    builder.build(move |mut capabilities| {
+        // This worker's watermark marks go to every worker's board (other processes too).
+        let mut marks_capability = capabilities.pop();
+        let mut last_marks: Option<LocalMarks> = None;
+        let mut capability = capabilities.pop().expect("one capability per output");
         let activator = scope.activator_for(info.address.clone());
         let wake = scope.worker().sync_activator_for(info.address.to_vec());
         let now = Instant::now();
@@ -284,10 +318,12 @@ pub fn kafka_source<'scope>(
         let mut checkpoint_in_flight: Option<(Ticket, TopicPartitionList)> = None;
         let mut finals_posted = false;
         let counters = shared.counters.clone();
-        move |output| {
+        move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
             }
+            let mut data = data_output.activate();
+            let output = &mut data;
             let now = Instant::now();
             let mut handled = 0;
             let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
@@ -313,31 +349,41 @@ pub fn kafka_source<'scope>(
                     continue;
                 }
                 let rewrite = offset >= slot.written_to;
+                // Whether the message goes to the ingest sink (which reports it durable).
+                let mut handed = rewrite;
                 match RideEvent::parse(message.payload().unwrap_or_default()) {
                     Ok(event) => {
                         let before = stamper.tracker.max_ms(partition as u32);
                         let (capability, sourced) = stamper.stamp(partition as u32, offset as u64, event, now);
-                        counters.events.fetch_add(1, Ordering::Relaxed);
-                        if sourced.late {
-                            counters.late.fetch_add(1, Ordering::Relaxed);
-                        } else {
+                        if !sourced.late {
                             let minute = minute_of(sourced.event.timestamp.millis());
                             slot.rebuild.entry(minute).or_insert((offset, before));
                         }
-                        let item = if rewrite {
-                            Ingested::Event(sourced)
+                        if config.keeps(&sourced.event.city) {
+                            counters.events.fetch_add(1, Ordering::Relaxed);
+                            if sourced.late {
+                                counters.late.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let item = if rewrite {
+                                Ingested::Event(sourced)
+                            } else {
+                                counters.replayed.fetch_add(1, Ordering::Relaxed);
+                                Ingested::Replayed(sourced)
+                            };
+                            output.session(&capability).give(item);
                         } else {
-                            counters.replayed.fetch_add(1, Ordering::Relaxed);
-                            Ingested::Replayed(sourced)
-                        };
-                        output.session(&capability).give(item);
+                            // Another job's city: it moved the clock, nothing to write.
+                            counters.other_cities.fetch_add(1, Ordering::Relaxed);
+                            handed = false;
+                        }
                     }
                     Err(error) => {
                         let count = counters.invalid.fetch_add(1, Ordering::Relaxed);
                         if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, %error, invalid_so_far = count + 1, "invalid message sent to the dead-letter topic");
+                            warn!(worker, partition, offset, %error, invalid_so_far = count + 1, to_dead_letters = config.dead_letters, "invalid message");
                         }
-                        if rewrite {
+                        handed &= config.dead_letters;
+                        if handed {
                             let dead = DeadLetter {
                                 partition: partition as u32,
                                 offset: offset as u64,
@@ -350,7 +396,7 @@ pub fn kafka_source<'scope>(
                         }
                     }
                 }
-                if rewrite {
+                if handed {
                     slot.sent = offset + 1;
                 }
                 if slot.end.is_some_and(|end| offset + 1 >= end) {
@@ -449,7 +495,15 @@ pub fn kafka_source<'scope>(
                     });
                 }
             }
-            if !stamper.advance_shared(now, &shared.board, worker) {
+            let post = stamper.post_marks(now, &shared.board, worker);
+            if last_marks != Some(post.marks) {
+                if let Some(held) = marks_capability.as_ref() {
+                    marks_output.activate().session(held).give(post);
+                }
+                last_marks = Some(post.marks);
+            }
+            if !stamper.advance_from(&shared.board) {
+                marks_capability = None;
                 info!(worker, "source finished");
                 return;
             }
@@ -459,8 +513,17 @@ pub fn kafka_source<'scope>(
                 activator.activate_after(QUIET_POLL);
             }
         }
-    })
-    .container::<Vec<_>>())
+    });
+    marks_stream
+        .broadcast()
+        .sink(Pipeline, "MarksBoard", move |(input, _)| {
+            input.for_each(|_, posts| {
+                for post in posts.drain(..) {
+                    board.record(post);
+                }
+            });
+        });
+    Ok(stream)
 }
 
 /// The high watermark librdkafka cached from the last fetch response for a partition, with

@@ -209,3 +209,29 @@ pub fn temp_dir(test: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Everything the job wrote except wall-clock columns, for before/after comparisons.
+pub const SNAPSHOT_SQL: [&str; 3] = [
+    "SELECT city, toUnixTimestamp(window_start), toUnixTimestamp(window_end), total_events, requests, completions, cancellations, avg_fare, unique_riders, is_final, version FROM city_metrics FINAL ORDER BY city, window_start",
+    "SELECT kafka_partition, kafka_offset, event_type, ride_id, timestamp_ms, city, user_id, driver_id, estimated_fare, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, is_late FROM ride_events FINAL ORDER BY kafka_partition, kafka_offset",
+    "SELECT count() FROM city_metrics FINAL WHERE is_final = 0",
+];
+
+pub fn snapshot(ns: &Namespace) -> Vec<Vec<Vec<String>>> {
+    SNAPSHOT_SQL.iter().map(|sql| ns.query(sql)).collect()
+}
+
+pub fn summary_of(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    stderr.lines().last().unwrap().to_string()
+}
+
+/// Sends a signal with the system's `kill` (no libc dependency for one call).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

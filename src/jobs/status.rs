@@ -1,0 +1,111 @@
+//! `ridepulse job list`: each job's state from disk, plus what the outside world says about
+//! its progress — the durable watermark from its checkpoints in ClickHouse and its consumer
+//! lag from the broker. Either may be unreachable; the listing then says `?` rather than
+//! failing, since `job list` is what an operator runs when something is wrong.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::{all_jobs, pid_alive, JobSpec, Phase};
+use crate::clickhouse;
+use crate::config::Config;
+use crate::kafka::settings;
+
+/// One line of `job list`.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// `starting`, `running`, `restarting`, `stopped`, or `lost` (its supervisor died).
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Every window ending at or before this time is final in ClickHouse (from the job's
+    /// checkpoints), if known.
+    pub watermark: Option<String>,
+    /// Messages of ride-events the job has not yet read and written (by its checkpoints),
+    /// if known.
+    pub lag: Option<i64>,
+}
+
+/// Every job in the state directory.
+pub fn list(config: &Config) -> Vec<JobRow> {
+    let mut rows = Vec::new();
+    for (_, dir) in all_jobs(&config.cluster.state_dir()) {
+        let Ok(spec) = dir.spec() else { continue };
+        let state = dir.state();
+        let phase = state.as_ref().map(|s| s.phase);
+        let text = match (phase, &state) {
+            (Some(Phase::Stopped), _) => "stopped".to_string(),
+            (Some(phase), Some(s)) if pid_alive(s.supervisor) => serde_json::to_value(phase)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            _ => "lost".to_string(),
+        };
+        rows.push(JobRow {
+            watermark: watermark(config, &spec.group),
+            lag: lag(config, &spec.group),
+            restarts: state.as_ref().map_or(0, |s| s.restarts),
+            state: text,
+            spec,
+        });
+    }
+    rows
+}
+
+fn watermark(config: &Config, group: &str) -> Option<String> {
+    let client = clickhouse::connect(&config.clickhouse);
+    let query = client
+        .query("SELECT max(finalized_through) FROM checkpoints FINAL WHERE consumer_group = ? AND topic = ?")
+        .bind(group)
+        .bind(config.topics.ride_events.as_str());
+    let minute: u64 = clickhouse::block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), query.fetch_one::<u64>()).await
+    })
+    .ok()?
+    .ok()?;
+    if minute == 0 {
+        return None;
+    }
+    chrono::DateTime::from_timestamp(minute as i64 * 60, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+}
+
+fn lag(config: &Config, group: &str) -> Option<i64> {
+    // Processed = below the checkpoints' `written_to` (read and durably written); the
+    // committed offsets are resume points a window length further back, so they would
+    // show a window's worth of lag even when the job is fully caught up.
+    let client = clickhouse::connect(&config.clickhouse);
+    let query = client
+        .query("SELECT kafka_partition, written_to FROM checkpoints FINAL WHERE consumer_group = ? AND topic = ?")
+        .bind(group)
+        .bind(config.topics.ride_events.as_str());
+    let written: Vec<(u32, i64)> = clickhouse::block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), query.fetch_all::<(u32, i64)>()).await
+    })
+    .ok()?
+    .ok()?;
+    let consumer: BaseConsumer =
+        settings::consumer(&config.kafka.brokers, group, "ridepulse-job-list")
+            .create()
+            .ok()?;
+    let topic = &config.topics.ride_events;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let partitions = metadata.topics().first()?.partitions().len() as i32;
+    let mut lag = 0;
+    for partition in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            .ok()?;
+        let at = written
+            .iter()
+            .find(|(p, _)| *p as i32 == partition)
+            .map_or(low, |(_, w)| (*w).max(low));
+        lag += (high - at).max(0);
+    }
+    Some(lag)
+}
