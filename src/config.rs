@@ -24,8 +24,27 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Window, lateness and emission settings (SPEC §3).
     pub window: WindowConfig,
+    /// How the job checkpoints.
+    pub job: JobConfig,
     /// The cluster layout file and where submitted jobs keep their state.
     pub cluster: ClusterConfig,
+}
+
+/// `[job]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// How often each worker writes its partitions' resume checkpoints (and commits the
+    /// offsets): shorter means less to re-read after a crash, more small ClickHouse inserts.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            checkpoint_interval_ms: 1000,
+        }
+    }
 }
 
 /// `[cluster]`
@@ -253,7 +272,7 @@ impl Config {
         }
         let known = known_keys(&table);
         // Only variables under a config section are config keys (RIDEPULSE_KAFKA_…,
-        // RIDEPULSE_TOPICS_…, RIDEPULSE_CLICKHOUSE_…, RIDEPULSE_WINDOW_…, RIDEPULSE_CLUSTER_…);
+        // RIDEPULSE_TOPICS_…, RIDEPULSE_CLICKHOUSE_…, RIDEPULSE_WINDOW_…, RIDEPULSE_JOB_…, RIDEPULSE_CLUSTER_…);
         // others such as RIDEPULSE_CONFIG or the stack script's RIDEPULSE_STACK_… belong to
         // someone else.
         let sections: Vec<String> = table
@@ -373,6 +392,9 @@ impl Config {
         }
         if w.emit_interval_ms == 0 {
             return invalid("window.emit_interval_ms", "must be at least 1");
+        }
+        if self.job.checkpoint_interval_ms == 0 {
+            return invalid("job.checkpoint_interval_ms", "must be at least 1");
         }
         Ok(())
     }

@@ -154,7 +154,7 @@ pub fn run<W: Write + Send + 'static>(
         idle_timeout: Duration::from_secs(config.window.idle_timeout_secs),
         until_end: options.until_end,
         window_length_minutes: config.window.length_minutes,
-        checkpoint_interval: Duration::from_secs(1),
+        checkpoint_interval: Duration::from_millis(config.job.checkpoint_interval_ms),
         cities: options.cities.clone(),
         dead_letters: options.dead_letters,
     };

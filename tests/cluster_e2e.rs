@@ -53,6 +53,15 @@ fn write_layout(dir: &Path, processes: usize, workers: usize, jobs: &[&str]) -> 
     path.to_str().unwrap().to_string()
 }
 
+/// Stops a submitted job when dropped, so a failing test leaves no processes behind.
+struct StopOnDrop<'a>(&'a Namespace, &'static str);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.try_run(&["job", "stop", self.1]);
+    }
+}
+
 /// Replays a seeded dataset into the namespace's ride-events; returns the valid count.
 fn replay_dataset(ns: &Namespace, count: u64, rate: u64) -> u64 {
     let dir = common::temp_dir("cluster-data");
@@ -204,6 +213,8 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
     let jobs = split
         .with("cluster.layout", &layout)
         .with("cluster.state_dir", state.to_str().unwrap());
+    let _west = StopOnDrop(&jobs, "west");
+    let _east = StopOnDrop(&jobs, "east");
     let submitted = jobs.run(&[
         "job",
         "submit",
@@ -322,6 +333,7 @@ fn a_supervised_job_killed_three_times_ends_as_a_clean_run() {
         .with("cluster.state_dir", state.to_str().unwrap())
         .with("window.idle_timeout_secs", "1");
     crashed.migrate();
+    let _stop = StopOnDrop(&crashed, "crash");
     crashed.run(&["job", "submit", "--name", "crash", "--all-cities"]);
     let job_state = || -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(state.join("crash/state.json")).unwrap())
@@ -450,5 +462,67 @@ fn a_supervised_job_killed_three_times_ends_as_a_clean_run() {
     let got = within(final_rows_on(&crashed, &crashed.config.topics.aggregated));
     assert_eq!(got.len(), want.len(), "final rows on analytics-aggregated");
     assert_eq!(got, want, "final rows on analytics-aggregated");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn scripts_cluster_runs_every_process_of_a_layout_and_prints_remote_commands() {
+    let ns = Namespace::new("script");
+    ns.create_topics();
+    ns.migrate();
+    let valid = replay_dataset(&ns, 6_000, 2_000);
+    let dir = common::temp_dir("script");
+    let layout = write_layout(&dir, 2, 1, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster");
+    let mut args: Vec<String> = vec![layout.clone(), "--".into()];
+    args.extend(ns.args().iter().cloned());
+    args.extend(["--until-end", "--group", "script"].map(String::from));
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .args(&args)
+        .env("RIDEPULSE_BIN", env!("CARGO_BIN_EXE_ridepulse"))
+        .env("RIDEPULSE_STACK_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("all 2 processes connected"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("every process finished"), "{stdout}");
+    assert_eq!(ns.scalar("SELECT count() FROM ride_events FINAL"), valid);
+    assert!(ns.scalar("SELECT count() FROM city_metrics FINAL WHERE is_final = 1") > 50);
+
+    // A layout across hosts is not started here: each host's command is printed.
+    let remote = dir.join("remote.toml");
+    std::fs::write(
+        &remote,
+        "[[process]]\naddress = \"10.0.0.5:2101\"\nworkers = 4\n[[process]]\naddress = \"10.0.0.6:2101\"\nworkers = 4\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&remote)
+        .env("RIDEPULSE_BIN", env!("CARGO_BIN_EXE_ridepulse"))
+        .env("RIDEPULSE_STACK_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let remote = remote.to_str().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "[10.0.0.5]  ridepulse run --workers {remote} --process 0"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "[10.0.0.6]  ridepulse run --workers {remote} --process 1"
+        )),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
