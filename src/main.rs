@@ -47,6 +47,18 @@ enum Command {
     Migrate(MigrateArgs),
     /// Run SQL against ClickHouse and print the result (e.g. `--file sql/rides_per_minute.sql`).
     Query(QueryArgs),
+    /// Serve the live dashboard (default http://127.0.0.1:3000/).
+    Dashboard {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+        /// Minutes of history in the charts.
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+        /// Cancellation rate (%) above which a city is highlighted.
+        #[arg(long, default_value_t = 30.0)]
+        threshold: f64,
+    },
     /// Jobs per city set on the processes of workers.toml, supervised and restarted.
     Job {
         #[command(subcommand)]
@@ -273,6 +285,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => simulate(&config, args)?,
         Command::Job { action } => job(&config, action)?,
+        Command::Dashboard {
+            listen,
+            minutes,
+            threshold,
+        } => ridepulse::dashboard::serve(
+            &config,
+            &ridepulse::dashboard::DashboardOptions {
+                listen,
+                minutes,
+                threshold_pct: threshold,
+            },
+        )?,
         Command::Migrate(args) => migrate(&config, args)?,
         Command::Query(args) => {
             let sql = match (&args.sql, &args.file) {

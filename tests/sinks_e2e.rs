@@ -198,6 +198,24 @@ fn until_end_fills_clickhouse_and_kafka_exactly() {
     }
     assert!(unmatched.is_empty());
     assert!(data.records.len() > dead.len());
+    // The same dead letters in ClickHouse (for dashboards), with position and error.
+    let rows = ns.query(
+        "SELECT kafka_partition, kafka_offset, error, payload FROM dead_letters FINAL ORDER BY kafka_partition, kafka_offset",
+    );
+    let mut want: Vec<Vec<String>> = data
+        .malformed
+        .iter()
+        .map(|r| {
+            vec![
+                r.partition.to_string(),
+                r.offset.to_string(),
+                RideEvent::parse(&r.payload).unwrap_err().to_string(),
+                String::from_utf8_lossy(&r.payload).into_owned(),
+            ]
+        })
+        .collect();
+    want.sort_by_key(|r| (r[0].parse::<u64>().unwrap(), r[1].parse::<u64>().unwrap()));
+    assert_eq!(rows, want, "dead_letters table");
 
     // The shipped queries run and agree with the raw data.
     let root = env!("CARGO_MANIFEST_DIR");

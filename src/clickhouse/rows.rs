@@ -86,6 +86,23 @@ impl MetricsRecord {
     }
 }
 
+/// A row of `dead_letters`.
+#[derive(Clone, Debug, Row, Serialize)]
+pub struct DeadLetterRecord {
+    /// `source_topic`.
+    pub source_topic: String,
+    /// `kafka_partition`.
+    pub kafka_partition: u32,
+    /// `kafka_offset`.
+    pub kafka_offset: u64,
+    /// `error`: the parser's message, naming the field.
+    pub error: String,
+    /// `payload`, as received (invalid UTF-8 replaced).
+    pub payload: String,
+    /// `received_at` (DateTime).
+    pub received_at: u32,
+}
+
 /// A row of `ride_events`.
 #[derive(Clone, Debug, Row, Serialize)]
 pub struct EventRecord {

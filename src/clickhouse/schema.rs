@@ -68,7 +68,7 @@ impl Features {
 }
 
 /// The tables ridepulse writes, in creation order.
-pub const TABLES: [&str; 3] = ["city_metrics", "ride_events", "checkpoints"];
+pub const TABLES: [&str; 4] = ["city_metrics", "ride_events", "checkpoints", "dead_letters"];
 
 /// One column: name and the type the server reports in `system.columns`.
 fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
@@ -118,6 +118,14 @@ fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
             ("finalized_through", t("UInt64")),
             ("written_at_us", t("UInt64")),
         ],
+        "dead_letters" => vec![
+            ("source_topic", t("String")),
+            ("kafka_partition", t("UInt32")),
+            ("kafka_offset", t("UInt64")),
+            ("error", t("String")),
+            ("payload", t("String")),
+            ("received_at", t("DateTime('UTC')")),
+        ],
         other => unreachable!("no table {other}"),
     }
 }
@@ -152,6 +160,12 @@ pub fn create_table(database: &str, table: &str, features: Features) -> String {
                  ORDER BY (city, timestamp, kafka_partition, kafka_offset){ttl}"
             )
         }
+        // Malformed messages (also on the DLQ topic), so dashboards can count them; keyed by
+        // their position, so a re-delivery collapses at merge. Monthly partitions: few rows.
+        "dead_letters" => "ENGINE = ReplacingMergeTree\n\
+             PARTITION BY toYYYYMM(received_at)\n\
+             ORDER BY (source_topic, kafka_partition, kafka_offset)"
+            .to_string(),
         // A job's resume point per partition; the newest row wins.
         "checkpoints" => "ENGINE = ReplacingMergeTree(written_at_us)\n\
              ORDER BY (consumer_group, topic, kafka_partition)"

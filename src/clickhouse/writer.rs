@@ -2,8 +2,8 @@
 //!
 //! Sink operators hand [`Batch`]es to the [`Writer`] and get a [`Ticket`] back; the writer
 //! thread performs each batch in order — raw events into `ride_events`, dead letters to the
-//! dead-letter topic, metric rows into `city_metrics` and to `analytics-aggregated`, then
-//! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
+//! dead-letter topic and `dead_letters`, metric rows into `city_metrics` and to
+//! `analytics-aggregated`, then checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
 //!
@@ -25,7 +25,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use timely::scheduling::SyncActivator;
 use tracing::{error, info, warn};
 
-use super::rows::{CheckpointRecord, EventRecord, MetricsRecord};
+use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord};
 use super::schema::Layout;
 use super::{ClickHouseError, INSERT_TIMEOUT};
 use crate::config::Config;
@@ -261,6 +261,22 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
             d.dead_letters
                 .send_confirmed(messages, DELIVERY_TIMEOUT)
                 .map_err(Failure::Kafka)
+        })
+        .await?;
+        let records: Vec<DeadLetterRecord> = batch
+            .dead
+            .iter()
+            .map(|dead| DeadLetterRecord {
+                source_topic: d.source_topic.clone(),
+                kafka_partition: dead.partition,
+                kafka_offset: dead.offset,
+                error: dead.error.clone(),
+                payload: String::from_utf8_lossy(&dead.payload).into_owned(),
+                received_at: (now_ms / 1000).max(0) as u32,
+            })
+            .collect();
+        retry(stats, "dead_letters", || {
+            insert(d, "dead_letters", &records)
         })
         .await?;
         stats

@@ -1,0 +1,129 @@
+//! The built-in dashboard's queries: the same panels as the Grafana dashboard, as one JSON
+//! snapshot the page polls. Every query that takes a value binds it (`?`, escaped by the
+//! clickhouse crate), and they run on 18.16 and on modern servers alike.
+
+use serde_json::{json, Value};
+
+use crate::clickhouse::ClickHouseError;
+
+/// What the page shows; see [`snapshot`].
+pub struct SnapshotRequest {
+    /// How many minutes of history the charts show.
+    pub minutes: u32,
+    /// The cancellation rate (%) above which a city is highlighted.
+    pub threshold_pct: f64,
+}
+
+/// `sql/city_performance_last_hour.sql`, the table of the page and of the Grafana dashboard.
+pub const CITY_PERFORMANCE_SQL: &str = include_str!("../../sql/city_performance_last_hour.sql");
+
+const FRESHNESS_SQL: &str =
+    "SELECT max(timestamp_ms) AS newest_ms, toUInt64(now()) * 1000 AS server_now_ms, count() AS events FROM ride_events";
+
+const REQUESTS_SQL: &str = "
+SELECT toUInt32(toStartOfMinute(timestamp)) AS minute, city, countIf(event_type = 'requested') AS requests
+FROM ride_events FINAL
+WHERE timestamp >= now() - ? AND is_late = 0
+GROUP BY minute, city
+ORDER BY minute, city";
+
+const WINDOWS_SQL: &str = "
+SELECT toUInt32(window_end) AS window_end, city, total_events, requests, completions, cancellations,
+       avg_fare, unique_riders, is_final
+FROM city_metrics FINAL
+WHERE window_end >= now() - ?
+ORDER BY window_end, city";
+
+const LATE_DEAD_SQL: &str = "
+SELECT minute, sum(late) AS late_events, sum(dead) AS dead_letters
+FROM (
+    SELECT toUInt32(toStartOfMinute(timestamp)) AS minute, countIf(is_late = 1) AS late, toUInt64(0) AS dead
+    FROM ride_events FINAL
+    WHERE timestamp >= now() - ?
+    GROUP BY minute
+    UNION ALL
+    SELECT toUInt32(toStartOfMinute(received_at)) AS minute, toUInt64(0) AS late, count() AS dead
+    FROM dead_letters FINAL
+    WHERE received_at >= now() - ?
+    GROUP BY minute
+)
+GROUP BY minute
+ORDER BY minute";
+
+/// Runs one query and returns its rows as JSON objects.
+async fn rows(
+    url: &str,
+    what: &str,
+    query: clickhouse::query::Query,
+) -> Result<Vec<Value>, ClickHouseError> {
+    let mut cursor = query
+        // numbers as JSON numbers, not strings (18.16 quotes 64-bit integers by default).
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .fetch_bytes("JSONEachRow")
+        .map_err(|e| ClickHouseError::from_client(url, what, e))?;
+    let bytes = cursor
+        .collect()
+        .await
+        .map_err(|e| ClickHouseError::from_client(url, what, e))?;
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| ClickHouseError::Server {
+                what: what.to_string(),
+                detail: format!("unreadable row {l:?}: {e}"),
+                retryable: false,
+            })
+        })
+        .collect()
+}
+
+/// Everything the page shows, from ClickHouse, as of now.
+pub async fn snapshot(
+    client: &clickhouse::Client,
+    url: &str,
+    request: &SnapshotRequest,
+) -> Result<Value, ClickHouseError> {
+    let history = request.minutes.max(1) * 60;
+    let freshness = rows(url, "the freshness query", client.query(FRESHNESS_SQL)).await?;
+    let cities = rows(
+        url,
+        "the city performance query",
+        client.query(CITY_PERFORMANCE_SQL.trim().trim_end_matches(';')),
+    )
+    .await?;
+    let requests = rows(
+        url,
+        "the requests query",
+        client.query(REQUESTS_SQL).bind(history),
+    )
+    .await?;
+    let windows = rows(
+        url,
+        "the windows query",
+        client.query(WINDOWS_SQL).bind(history),
+    )
+    .await?;
+    let late_dead = rows(
+        url,
+        "the late and dead-letter query",
+        client.query(LATE_DEAD_SQL).bind(history).bind(history),
+    )
+    .await?;
+    let f = freshness.first().cloned().unwrap_or(Value::Null);
+    let events = f["events"].as_u64().unwrap_or(0);
+    let newest_ms = f["newest_ms"].as_i64().filter(|_| events > 0);
+    let server_now_ms = f["server_now_ms"].as_i64().unwrap_or(0);
+    Ok(json!({
+        "ok": true,
+        "threshold_pct": request.threshold_pct,
+        "minutes": request.minutes,
+        "newest_event_ms": newest_ms,
+        "server_now_ms": server_now_ms,
+        "freshness_seconds": newest_ms.map(|n| (server_now_ms - n) as f64 / 1000.0),
+        "cities": cities,
+        "requests_per_minute": requests,
+        "windows": windows,
+        "late_dead": late_dead,
+    }))
+}

@@ -1,0 +1,108 @@
+//! The built-in dashboard in a real browser (Debian's headless Chromium, driven through
+//! chromedriver by `tests/browser/check_dashboard.py`) against the running pipeline: the
+//! numbers on the page equal ClickHouse's for the same cities and window, the page updates
+//! itself when new events go through the pipeline, an unreachable ClickHouse shows a
+//! notice, and a screenshot is saved as a test artifact
+//! (`$CARGO_TARGET_TMPDIR/dashboard.png`).
+//!
+//! Needs chromium and chromium-driver (`scripts/test` installs them with apt).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{field, summary_of, Namespace};
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn dashboard(ns: &Namespace, port: u16) -> KillOnDrop {
+    let child = ns
+        .command(&["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the dashboard did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    KillOnDrop(child)
+}
+
+#[test]
+fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
+    let ns = Namespace::new("dashboard");
+    ns.create_topics();
+    ns.migrate();
+    let now = chrono::Utc::now().timestamp_millis();
+    let dir = common::temp_dir("dashboard");
+    let start = dataflows::event::Timestamp(now - 15 * 60_000);
+    let path = common::dataset(&ns, &dir, 9_000, 1_000, &start.to_string());
+    ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
+    let summary = summary_of(&ns.try_run(&["run", "--until-end", "-w", "2", "--group", "g"]));
+    assert!(
+        field::<u64>(&summary, "written_events") > 8_000,
+        "{summary}"
+    );
+
+    let (port, down_port) = (free_port(), free_port());
+    let _dashboard = dashboard(&ns, port);
+    let unreachable = ns.with("clickhouse.url", "http://127.0.0.1:1");
+    let _down = dashboard(&unreachable, down_port);
+
+    // More events, a few minutes of event time up to now, through the same job.
+    let more = dataflows::event::Timestamp(now - 3 * 60_000);
+    let mut more_events: Vec<String> = vec!["bash".into(), "-c".into()];
+    let bin = env!("CARGO_BIN_EXE_ridepulse");
+    let args = ns.args().join(" ");
+    more_events.push(format!(
+        "{bin} {args} simulate --out {file} --count 3000 --rate 1500 --seed 5 --start {more} \
+         && {bin} {args} simulate --replay {file} && {bin} {args} run --until-end -w 2 --group g",
+        file = dir.join("more.jsonl").display()
+    ));
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let python = std::env::var("RIDEPULSE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .arg(root.join("tests/browser/check_dashboard.py"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&ns.config.clickhouse.url)
+        .arg(&ns.config.clickhouse.database)
+        .arg(&screenshot)
+        .arg(root.join("sql/city_performance_last_hour.sql"))
+        .arg(format!("http://127.0.0.1:{down_port}/"))
+        .arg("--")
+        .args(&more_events)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let png = std::fs::read(&screenshot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+    assert!(png.len() > 20_000, "a real screenshot, {} bytes", png.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
