@@ -4,7 +4,7 @@ Usage: dashboard_queries.py CLICKHOUSE_URL DATABASE GRAFANA_DASHBOARD_JSON SNAPS
 
 DATABASE must hold the history (scripts/bench fills it: 7 days of city_metrics, 10 M raw
 events). Each Grafana panel query (the plugin's macros expanded for "last 1 hour", as the
-dashboard opens), each query of the alert rule, and the built-in dashboard's whole
+dashboard opens) and the built-in dashboard's whole
 /api/snapshot (all its queries in one request) run RUNS times (default 20) after one
 warm-up; prints p50 / p95 / max in milliseconds per query, as a table and as JSON lines.
 """

@@ -206,13 +206,18 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
     assert_eq!(got[1].len(), want[1].len(), "ride_events rows");
     assert_eq!(got[1], want[1], "ride_events FINAL");
 
-    // Supervised jobs: an overlapping submit is refused, a disjoint one runs beside it.
+    // Supervised jobs on a fresh database: an overlapping submit is refused, a disjoint one
+    // runs beside the first, and together they write the all-cities rows.
     let dir = common::temp_dir("cities-jobs");
     let layout = write_layout(&dir, 2, 1, &["west", "east", "other"]);
     let state = dir.join("jobs");
-    let jobs = split
+    let database = format!("{}_jobs", all.config.clickhouse.database);
+    let jobs = all
+        .with("clickhouse.database", &database)
         .with("cluster.layout", &layout)
-        .with("cluster.state_dir", state.to_str().unwrap());
+        .with("cluster.state_dir", state.to_str().unwrap())
+        .with("window.idle_timeout_secs", "1");
+    jobs.migrate();
     let _west = StopOnDrop(&jobs, "west");
     let _east = StopOnDrop(&jobs, "east");
     let submitted = jobs.run(&[
@@ -257,6 +262,32 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
     );
     assert_eq!(line("east")[2..5], ["2x1", "running", "0"]);
     assert!(!list.contains("other"), "{list}");
+
+    // Both caught up: every window up to 30 s behind the newest event is final.
+    let through = all
+        .scalar("SELECT toUInt64(intDiv(max(timestamp_ms) - 30000, 60000) - 1) FROM ride_events");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for group in ["ridepulse-job-west", "ridepulse-job-east"] {
+        let caught_up = format!(
+            "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL WHERE consumer_group = '{group}'"
+        );
+        while jobs.scalar(&caught_up) == 0 {
+            assert!(Instant::now() < deadline, "{group} did not catch up");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let finals = format!(
+        "SELECT city, toUnixTimestamp(window_start), total_events, requests, completions, cancellations, avg_fare, unique_riders, version FROM city_metrics FINAL WHERE is_final = 1 AND toUnixTimestamp(window_end) <= {} ORDER BY city, window_start",
+        through * 60
+    );
+    let want = all.query(&finals);
+    assert!(want.len() > 50, "{}", want.len());
+    assert_eq!(
+        jobs.query(&finals),
+        want,
+        "side-by-side jobs vs one all-cities job"
+    );
+    assert_eq!(snapshot(&jobs)[1], snapshot(&all)[1], "ride_events FINAL");
     jobs.run(&["job", "stop", "west"]);
     jobs.run(&["job", "stop", "east"]);
     let list = jobs.run(&["job", "list"]);
