@@ -34,6 +34,7 @@ use crate::clickhouse::writer::{Batch, Writer};
 use crate::clickhouse::{self, schema};
 use crate::cluster::Layout;
 use crate::config::Config;
+use crate::file_source::{file_source, FileSourceConfig};
 use crate::kafka::settings;
 use crate::kafka::source::{
     kafka_source, Ingested, Resume, SourceConfig, SourceCounters, SourceShared,
@@ -53,6 +54,9 @@ pub struct RunOptions {
     pub cities: Option<BTreeSet<String>>,
     /// Whether this job writes malformed messages to the dead-letter topic.
     pub dead_letters: bool,
+    /// Read these JSON-lines files instead of `ride-events` (always to their end; see
+    /// `file_source`).
+    pub files: Vec<std::path::PathBuf>,
     /// Read up to the end offsets that exist at start, finalize every window, and exit.
     pub until_end: bool,
     /// Also print emitted rows as JSON lines.
@@ -131,7 +135,14 @@ pub fn run<W: Write + Send + 'static>(
         topics::partition_count(&config.kafka.brokers, topic)?;
     }
     let layout = clickhouse::block_on(schema::verify(&config.clickhouse))?;
-    let resume = if options.from_beginning {
+    let from_files = !options.files.is_empty();
+    if from_files && options.layout.processes.len() > 1 {
+        bail!("--from-file runs in one process: use -w N for more worker threads");
+    }
+    for file in &options.files {
+        std::fs::metadata(file).with_context(|| format!("--from-file {}", file.display()))?;
+    }
+    let resume = if options.from_beginning || from_files {
         Resume::default()
     } else {
         clickhouse::block_on(load_resume(
@@ -187,6 +198,13 @@ pub fn run<W: Write + Send + 'static>(
     let started = Instant::now();
     let (print, final_only) = (options.print, options.final_only);
     let (worker_shared, worker_out) = (shared.clone(), out.clone());
+    let files = FileSourceConfig {
+        files: options.files.clone(),
+        partitions,
+        allowed_lateness: source.allowed_lateness,
+        cities: options.cities.clone(),
+        dead_letters: options.dead_letters,
+    };
     let timely_config = options
         .layout
         .timely_config(options.process)
@@ -199,8 +217,12 @@ pub fn run<W: Write + Send + 'static>(
         let durable = ProbeHandle::<u64>::new();
         let progress = Rc::new(RefCell::new(IngestProgress::default()));
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let ingested = kafka_source(scope, &source, shared, durable.clone(), progress.clone())
-                .map_err(|e| e.to_string())?;
+            let ingested = if from_files {
+                file_source(scope, &files, shared)
+            } else {
+                kafka_source(scope, &source, shared, durable.clone(), progress.clone())
+                    .map_err(|e| e.to_string())?
+            };
             let events = ingested.clone().flat_map(Ingested::into_event);
             let metrics = build(events, &window);
             let rows = metrics.rows.inspect(move |row| {

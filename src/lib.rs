@@ -23,6 +23,7 @@
 //! - [`cluster`]: the layout (`workers.toml`) and timely's cluster configuration from it.
 //! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
 //!   that restarts them from their checkpoints.
+//! - [`file_source`]: `run --from-file`, the same job over JSON-lines files.
 //! - [`dashboard`]: `ridepulse dashboard`, the live page served by the binary.
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
@@ -32,6 +33,7 @@ pub mod clickhouse;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
+pub mod file_source;
 pub mod job;
 pub mod jobs;
 pub mod kafka;

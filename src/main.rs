@@ -155,6 +155,10 @@ struct RunArgs {
     /// Do not write malformed messages to the dead-letter topic (another job does).
     #[arg(long)]
     no_dead_letters: bool,
+    /// Read JSON-lines files of the ride-events format instead of Kafka (repeatable, read in
+    /// order; always to their end, like --until-end).
+    #[arg(long = "from-file", value_name = "PATH")]
+    from_file: Vec<PathBuf>,
     /// Read up to the end offsets that exist at start, emit every window's final row, exit 0.
     #[arg(long)]
     until_end: bool,
@@ -332,9 +336,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = ridepulse::job::RunOptions {
                 cities: ridepulse::jobs::parse_cities(&args.cities)?,
                 dead_letters: !args.no_dead_letters,
+                files: args.from_file.clone(),
                 process: args.process,
                 layout,
-                until_end: args.until_end,
+                until_end: args.until_end || !args.from_file.is_empty(),
                 print: args.print,
                 final_only: args.final_only,
                 group_id: args.group,

@@ -7,6 +7,7 @@
 //!   figure is compared with.
 //! - [`source`]: the timely source operator: owned partitions drive the frontier.
 
+pub mod partitioner;
 pub mod plain_consumer;
 pub mod producer;
 pub mod settings;

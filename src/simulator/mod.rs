@@ -13,7 +13,6 @@
 pub mod cities;
 pub mod world;
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
@@ -192,17 +191,6 @@ pub fn to_kafka(config: &Config, world: WorldConfig, stop: Stop) -> anyhow::Resu
     Ok(summary)
 }
 
-/// The `ride_id` of a line, if it is a JSON object with a string `ride_id`; the key to
-/// replay it under.
-fn ride_id_of(line: &[u8]) -> Option<Cow<'_, str>> {
-    #[derive(serde::Deserialize)]
-    struct Key<'a> {
-        #[serde(borrow)]
-        ride_id: Option<Cow<'a, str>>,
-    }
-    serde_json::from_slice::<Key>(line).ok()?.ride_id
-}
-
 /// Produces every line of `path` into `ride-events` as fast as the broker takes it, keyed
 /// by `ride_id` (lines without one have no key), bytes unchanged.
 pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
@@ -227,7 +215,7 @@ pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        let key = ride_id_of(&line);
+        let key = crate::kafka::partitioner::ride_id_key(&line);
         producer.send(key.as_deref().map(str::as_bytes), &line, None)?;
         lines += 1;
         if lines % 4096 == 0 {

@@ -1,0 +1,203 @@
+//! The file source: `ridepulse run --from-file PATH...` reads JSON-lines files of the
+//! `ride-events` format through the same dataflow and sinks as the Kafka path, with
+//! `--until-end` semantics (every window final, then exit). For backfilling archived events,
+//! and for measuring the engine without a broker in the way.
+//!
+//! Arrival order is file order. Each line goes to the partition the Kafka producer would
+//! give it (librdkafka's murmur2 of its `ride_id`, see `kafka::partitioner`) and gets the
+//! next offset of that partition, so lateness is judged per partition exactly as when the
+//! same file is replayed into a fresh `ride-events` topic and read back: the engine path and
+//! the Kafka path write the same `city_metrics` rows. Lines that are not valid events become
+//! dead letters (their position is the line's), as on the Kafka path. Every worker reads the
+//! files and keeps the lines of its own partitions (`partition % workers`). There is no
+//! checkpoint: a file run starts from the top, and rows are upserted, so running it again
+//! changes nothing.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dataflows::event::RideEvent;
+use dataflows::partitioned_source::EventStamper;
+use dataflows::watermark::WatermarkTracker;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+use tracing::{info, warn};
+
+use crate::clickhouse::writer::DeadLetter;
+use crate::kafka::partitioner::{partition_for, ride_id_key};
+use crate::kafka::source::{Ingested, SourceShared};
+
+/// Lines handled per activation, so other operators get to run.
+const MAX_LINES_PER_ACTIVATION: usize = 4096;
+/// Rows waiting for the writer (per process) above which the source stops reading.
+const MAX_INFLIGHT_ROWS: usize = 60_000;
+
+/// What the file source reads and how.
+#[derive(Clone, Debug)]
+pub struct FileSourceConfig {
+    /// The files, read one after the other.
+    pub files: Vec<PathBuf>,
+    /// Partitions to spread lines over (those of `ride-events`).
+    pub partitions: i32,
+    /// SPEC §3's allowed lateness.
+    pub allowed_lateness: Duration,
+    /// Only events of these cities go downstream (`None`: all).
+    pub cities: Option<std::collections::BTreeSet<String>>,
+    /// Whether malformed lines go to the dead-letter topic.
+    pub dead_letters: bool,
+}
+
+/// The reading position across the files.
+struct Reader {
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<(PathBuf, BufReader<File>)>,
+    /// Lines read so far, over all files (the fallback partition of keyless lines).
+    lines: u64,
+    /// Per partition, the next offset.
+    next: Vec<i64>,
+}
+
+impl Reader {
+    /// The next line (without its newline), or `None` at the end of the last file.
+    fn next_line(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
+        loop {
+            if self.current.is_none() {
+                let Some(path) = self.files.next() else {
+                    return Ok(false);
+                };
+                let file = File::open(&path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+                })?;
+                self.current = Some((path, BufReader::with_capacity(1 << 20, file)));
+            }
+            let (_, reader) = self.current.as_mut().expect("opened above");
+            line.clear();
+            if reader.read_until(b'\n', line)? == 0 {
+                self.current = None;
+                continue;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            self.lines += 1;
+            return Ok(true);
+        }
+    }
+}
+
+/// The source for this worker. Fails the job (panics the worker with the path in the
+/// message) only if a file cannot be read.
+pub fn file_source<'scope>(
+    scope: Scope<'scope, u64>,
+    config: &FileSourceConfig,
+    shared: SourceShared,
+) -> StreamVec<'scope, u64, Ingested> {
+    let (worker, peers) = (scope.index(), scope.peers());
+    let config = config.clone();
+    source(scope, "FileSource", move |capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let now = Instant::now();
+        // Idle partitions do not exist here: each one is finished at the end of the files.
+        let mut tracker = WatermarkTracker::new(config.allowed_lateness, Duration::MAX);
+        let owned: Vec<u32> = (0..config.partitions as u32)
+            .filter(|p| *p as usize % peers == worker)
+            .collect();
+        for &partition in &owned {
+            tracker.add_partition(partition, now);
+        }
+        let mut stamper = EventStamper::new(tracker, capability);
+        let mut reader = Reader {
+            files: config.files.clone().into_iter(),
+            current: None,
+            lines: 0,
+            next: vec![0; config.partitions as usize],
+        };
+        info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
+        let mut line = Vec::new();
+        let mut finished = false;
+        let counters = shared.counters.clone();
+        move |output| {
+            if stamper.capability().is_none() {
+                return;
+            }
+            let now = Instant::now();
+            let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
+            let mut handled = 0;
+            while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
+                match reader.next_line(&mut line) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        finished = true;
+                        break;
+                    }
+                    Err(error) => panic!("the file source cannot read on: {error}"),
+                }
+                handled += 1;
+                let key = ride_id_key(&line);
+                let partition = partition_for(
+                    key.as_deref().map(str::as_bytes),
+                    config.partitions,
+                    reader.lines - 1,
+                );
+                let offset = reader.next[partition as usize];
+                reader.next[partition as usize] += 1;
+                if partition as usize % peers != worker {
+                    continue;
+                }
+                match RideEvent::parse(&line) {
+                    Ok(event) => {
+                        let (capability, sourced) =
+                            stamper.stamp(partition as u32, offset as u64, event, now);
+                        let keep = config
+                            .cities
+                            .as_ref()
+                            .is_none_or(|c| c.contains(&sourced.event.city));
+                        if !keep {
+                            counters.other_cities.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        counters.events.fetch_add(1, Ordering::Relaxed);
+                        if sourced.late {
+                            counters.late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        output.session(&capability).give(Ingested::Event(sourced));
+                    }
+                    Err(error) => {
+                        let count = counters.invalid.fetch_add(1, Ordering::Relaxed);
+                        if count < 10 || count.is_power_of_two() {
+                            warn!(worker, partition, offset, line = reader.lines, %error, invalid_so_far = count + 1, "invalid line");
+                        }
+                        if config.dead_letters {
+                            let dead = DeadLetter {
+                                partition: partition as u32,
+                                offset: offset as u64,
+                                key: key.as_deref().map(|k| k.as_bytes().to_vec()),
+                                payload: line.clone(),
+                                error: error.to_string(),
+                            };
+                            let held = stamper.capability().expect("held while reading");
+                            output.session(held).give(Ingested::Dead(dead));
+                        }
+                    }
+                }
+            }
+            if finished {
+                for &partition in &owned {
+                    stamper.tracker.finish(partition);
+                }
+            }
+            if !stamper.advance_shared(now, &shared.board, worker) {
+                info!(worker, lines = reader.lines, "file source finished");
+                return;
+            }
+            if backpressure {
+                activator.activate_after(Duration::from_millis(10));
+            } else {
+                activator.activate();
+            }
+        }
+    })
+}

@@ -1,0 +1,101 @@
+//! `ridepulse run --from-file`: the same events read from files give exactly the rows the
+//! Kafka path gives (lines are spread over partitions as the producer spreads them, so
+//! lateness is judged the same), malformed lines become dead letters, and several files
+//! are read one after the other.
+
+mod common;
+
+use common::{field, snapshot, summary_of, Namespace};
+use dataflows::event::RideEvent;
+
+const EVENTS_SQL: &str = "SELECT ride_id, event_type, timestamp_ms, city, user_id, estimated_fare, is_late FROM ride_events FINAL ORDER BY ride_id, event_type, timestamp_ms, is_late";
+
+#[test]
+fn files_give_the_rows_of_the_kafka_path() {
+    let kafka = Namespace::new("files");
+    kafka.create_topics();
+    kafka.migrate();
+    let dir = common::temp_dir("files");
+    let path = common::dataset(&kafka, &dir, 20_000, 2_000, "2026-11-23T10:00:00Z");
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let valid = lines
+        .iter()
+        .filter(|l| RideEvent::parse(l.as_bytes()).is_ok())
+        .count() as u64;
+    let malformed = lines.len() as u64 - valid;
+    assert!(malformed >= 30, "{malformed}");
+    kafka.run(&["simulate", "--replay", path.to_str().unwrap()]);
+    let via_kafka = summary_of(&kafka.try_run(&["run", "--until-end", "-w", "2", "--group", "k"]));
+    assert_eq!(field::<u64>(&via_kafka, "written_events"), valid);
+
+    let file = kafka.with(
+        "clickhouse.database",
+        &format!("{}_file", kafka.config.clickhouse.database),
+    );
+    file.migrate();
+    let via_file =
+        summary_of(&file.try_run(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"]));
+    eprintln!("kafka: {via_kafka}\nfile:  {via_file}");
+    assert_eq!(field::<u64>(&via_file, "events"), valid, "{via_file}");
+    assert_eq!(field::<u64>(&via_file, "invalid"), malformed, "{via_file}");
+    assert_eq!(
+        field::<u64>(&via_file, "dead_letters"),
+        malformed,
+        "{via_file}"
+    );
+    assert_eq!(
+        field::<u64>(&via_file, "late"),
+        field::<u64>(&via_kafka, "late"),
+        "the same lateness verdicts"
+    );
+    let (want, got) = (snapshot(&kafka), snapshot(&file));
+    assert!(want[0].len() > 100);
+    assert_eq!(got[0], want[0], "city_metrics FINAL");
+    assert_eq!(
+        file.query(EVENTS_SQL),
+        kafka.query(EVENTS_SQL),
+        "ride_events FINAL"
+    );
+    assert_eq!(
+        file.scalar("SELECT count() FROM dead_letters FINAL"),
+        malformed
+    );
+
+    // Two files, read in order, are the same stream.
+    let (first, second) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    let half = lines.len() / 2;
+    std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
+    let split = kafka.with(
+        "clickhouse.database",
+        &format!("{}_split", kafka.config.clickhouse.database),
+    );
+    split.migrate();
+    let via_two = summary_of(&split.try_run(&[
+        "run",
+        "--from-file",
+        first.to_str().unwrap(),
+        "--from-file",
+        second.to_str().unwrap(),
+    ]));
+    assert_eq!(field::<u64>(&via_two, "events"), valid, "{via_two}");
+    assert_eq!(
+        snapshot(&split)[0],
+        want[0],
+        "city_metrics FINAL from two files"
+    );
+
+    // A missing file is named.
+    let output = split.try_run(&["run", "--from-file", "/nonexistent/events.jsonl"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--from-file /nonexistent/events.jsonl"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
