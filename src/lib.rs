@@ -24,11 +24,13 @@
 //! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
 //!   that restarts them from their checkpoints.
 //! - [`file_source`]: `run --from-file`, the same job over JSON-lines files.
+//! - [`bench`]: `ridepulse bench`, the benchmark harness (JSON results, PNG plots).
 //! - [`dashboard`]: `ridepulse dashboard`, the live page served by the binary.
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod clickhouse;
 pub mod cluster;
 pub mod config;
