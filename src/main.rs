@@ -60,32 +60,7 @@ enum Command {
         threshold: f64,
     },
     /// Benchmarks of the whole job: engine, kafka, freshness, soak (see scripts/bench).
-    Bench {
-        /// Scenarios to run, in order.
-        #[arg(required = true, value_parser = ["engine", "kafka", "freshness", "soak"])]
-        scenarios: Vec<String>,
-        /// Events in the generated file (engine, kafka).
-        #[arg(long, default_value_t = 2_000_000)]
-        events: u64,
-        /// Worker counts for engine.
-        #[arg(long, value_delimiter = ',', default_value = "1,2")]
-        workers: Vec<usize>,
-        /// Producer rates in events/min for freshness.
-        #[arg(long, value_delimiter = ',', default_value = "50000,1000000")]
-        rates: Vec<f64>,
-        /// How long each freshness rate runs.
-        #[arg(long, value_parser = world::parse_duration, default_value = "120s")]
-        duration: Duration,
-        /// How long soak runs.
-        #[arg(long, value_parser = world::parse_duration, default_value = "10m")]
-        soak: Duration,
-        /// Where JSON results and PNG plots go.
-        #[arg(long, default_value = "bench-results")]
-        out: PathBuf,
-        /// Where generated event files are kept between runs.
-        #[arg(long, default_value = "/tmp/ridepulse-bench")]
-        data: PathBuf,
-    },
+    Bench(ridepulse::bench::BenchOptions),
     /// Jobs per city set on the processes of workers.toml, supervised and restarted.
     Job {
         #[command(subcommand)]
@@ -316,28 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => simulate(&config, args)?,
         Command::Job { action } => job(&config, action)?,
-        Command::Bench {
-            scenarios,
-            events,
-            workers,
-            rates,
-            duration,
-            soak,
-            out,
-            data,
-        } => ridepulse::bench::run(
-            &config,
-            &ridepulse::bench::BenchOptions {
-                scenarios,
-                events,
-                workers,
-                rates,
-                duration,
-                soak,
-                out,
-                data,
-            },
-        )?,
+        Command::Bench(options) => ridepulse::bench::run(&config, &options)?,
         Command::Dashboard {
             listen,
             minutes,

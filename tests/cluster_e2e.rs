@@ -67,11 +67,7 @@ fn replay_dataset(ns: &Namespace, count: u64, rate: u64) -> u64 {
     let dir = common::temp_dir("cluster-data");
     let path = common::dataset(ns, &dir, count, rate, "2026-11-23T10:00:00Z");
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
-    let valid = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| RideEvent::parse(l.as_bytes()).is_ok())
-        .count() as u64;
+    let (_, valid) = common::lines_of(&path);
     std::fs::remove_dir_all(&dir).ok();
     valid
 }
@@ -248,19 +244,11 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
     jobs.run(&["job", "submit", "--name", "east", "--cities", east]);
     let list = jobs.run(&["job", "list"]);
     eprintln!("{list}");
-    let line = |name: &str| {
-        list.lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
-            .split_whitespace()
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        line("west")[1..5],
+        line_of(&list, "west")[1..5],
         ["london,munich,paris", "2x1", "running", "0"]
     );
-    assert_eq!(line("east")[2..5], ["2x1", "running", "0"]);
+    assert_eq!(line_of(&list, "east")[2..5], ["2x1", "running", "0"]);
     assert!(!list.contains("other"), "{list}");
 
     // Both caught up: every window up to 30 s behind the newest event is final.
@@ -338,15 +326,7 @@ fn a_supervised_job_killed_three_times_ends_as_a_clean_run() {
     clean.migrate();
     let dir = common::temp_dir("crash");
     let path = common::dataset(&clean, &dir, 60_000, 5_000, "2026-11-23T10:00:00Z");
-    let lines: Vec<String> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let valid = lines
-        .iter()
-        .filter(|l| RideEvent::parse(l.as_bytes()).is_ok())
-        .count() as u64;
+    let (lines, valid) = common::lines_of(&path);
     let max_ms = lines
         .iter()
         .filter_map(|l| RideEvent::parse(l.as_bytes()).ok())

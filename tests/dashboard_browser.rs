@@ -81,7 +81,7 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let python = std::env::var("RIDEPULSE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = common::python();
     let output = Command::new(&python)
         .arg(root.join("tests/browser/check_dashboard.py"))
         .arg(format!("http://127.0.0.1:{port}/"))

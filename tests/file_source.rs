@@ -6,7 +6,6 @@
 mod common;
 
 use common::{field, snapshot, summary_of, Namespace};
-use dataflows::event::RideEvent;
 
 const EVENTS_SQL: &str = "SELECT ride_id, event_type, timestamp_ms, city, user_id, estimated_fare, is_late FROM ride_events FINAL ORDER BY ride_id, event_type, timestamp_ms, is_late";
 
@@ -17,15 +16,7 @@ fn files_give_the_rows_of_the_kafka_path() {
     kafka.migrate();
     let dir = common::temp_dir("files");
     let path = common::dataset(&kafka, &dir, 20_000, 2_000, "2026-11-23T10:00:00Z");
-    let lines: Vec<String> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let valid = lines
-        .iter()
-        .filter(|l| RideEvent::parse(l.as_bytes()).is_ok())
-        .count() as u64;
+    let (lines, valid) = common::lines_of(&path);
     let malformed = lines.len() as u64 - valid;
     assert!(malformed >= 30, "{malformed}");
     kafka.run(&["simulate", "--replay", path.to_str().unwrap()]);

@@ -34,12 +34,7 @@ fn every_panel_query_runs_on_both_servers_with_the_expected_columns() {
     std::fs::write(&ddl_file, ddl).unwrap();
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var("RIDEPULSE_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/ridepulse/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    });
+    let python = common::python();
     let output = Command::new(&python)
         .arg(root.join("tests/grafana/check_grafana.py"))
         .arg(root.join("grafana"))

@@ -7,17 +7,10 @@
 //! Needs Python with chdb: `scripts/test` installs it into `~/.cache/ridepulse/venv`;
 //! `RIDEPULSE_PYTHON` points elsewhere.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-
-fn python() -> String {
-    std::env::var("RIDEPULSE_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/ridepulse/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
 
 #[test]
 fn modern_ddl_and_shipped_queries_run_in_chdb() {
@@ -40,7 +33,7 @@ fn modern_ddl_and_shipped_queries_run_in_chdb() {
         std::env::temp_dir().join(format!("ridepulse-modern-{}.sql", std::process::id()));
     std::fs::write(&ddl_file, &ddl_text).unwrap();
 
-    let python = python();
+    let python = common::python();
     let output = Command::new(&python)
         .arg(root.join("tests/chdb/check_modern.py"))
         .arg(&ddl_file)

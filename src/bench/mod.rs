@@ -33,24 +33,32 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use sampler::{Sample, Sampler};
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// What to run (`ridepulse bench ...`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
-    /// Scenario names, in order.
+    /// Scenarios to run, in order.
+    #[arg(required = true, value_parser = ["engine", "kafka", "freshness", "soak"])]
     pub scenarios: Vec<String>,
-    /// Events in the generated file (`engine`, `kafka`).
+    /// Events in the generated file (engine, kafka).
+    #[arg(long, default_value_t = 2_000_000)]
     pub events: u64,
-    /// Worker counts for `engine`.
+    /// Worker counts for engine.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
-    /// Producer rates (events/min) for `freshness`.
+    /// Producer rates in events/min for freshness.
+    #[arg(long, value_delimiter = ',', default_value = "50000,1000000")]
     pub rates: Vec<f64>,
-    /// How long each `freshness` rate runs.
+    /// How long each freshness rate runs.
+    #[arg(long, value_parser = crate::simulator::world::parse_duration, default_value = "120s")]
     pub duration: Duration,
-    /// How long `soak` runs.
+    /// How long soak runs.
+    #[arg(long, value_parser = crate::simulator::world::parse_duration, default_value = "10m")]
     pub soak: Duration,
-    /// Where JSON results and plots go.
+    /// Where JSON results and PNG plots go.
+    #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Where generated data files are kept (reused between runs).
+    /// Where generated event files are kept between runs.
+    #[arg(long, default_value = "/tmp/ridepulse-bench")]
     pub data: PathBuf,
 }
 

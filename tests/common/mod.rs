@@ -235,3 +235,28 @@ pub fn send_signal(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The Python with chdb and PyYAML that `scripts/test` installs (`RIDEPULSE_PYTHON`, or the
+/// virtualenv in `~/.cache/ridepulse/venv`).
+pub fn python() -> String {
+    std::env::var("RIDEPULSE_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/ridepulse/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    })
+}
+
+/// A dataset file's lines and how many of them are valid events.
+pub fn lines_of(path: &std::path::Path) -> (Vec<String>, u64) {
+    let lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let valid = lines
+        .iter()
+        .filter(|l| dataflows::event::RideEvent::parse(l.as_bytes()).is_ok())
+        .count() as u64;
+    (lines, valid)
+}
