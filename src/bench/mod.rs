@@ -209,7 +209,18 @@ impl Bench {
             "config-{}-{}.toml",
             self.run, config.clickhouse.database
         ));
-        std::fs::write(&path, toml::to_string(config)?)?;
+        {
+            // It may hold the ClickHouse password: readable by its owner only.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(toml::to_string(config)?.as_bytes())?;
+        }
         let mut command = Command::new(&self.exe);
         command.arg("--config").arg(&path).args(args);
         command.env_remove("RIDEPULSE_CONFIG");
