@@ -90,11 +90,13 @@ struct Bucket {
 /// which windows changed since the last update.
 struct WindowState {
     config: WindowConfig,
-    buckets: BTreeMap<(String, u64), Bucket>,
+    /// Per city, per minute. Keyed by city first so an event finds its bucket by `&str`,
+    /// without allocating a key.
+    buckets: BTreeMap<String, BTreeMap<u64, Bucket>>,
     /// At the input frontier; dropped when the input is done.
     capability: Option<Capability<u64>>,
-    /// Windows (start minute, city) changed since their last update.
-    dirty: BTreeSet<(u64, String)>,
+    /// Per city, the starts of its windows changed since their last update.
+    dirty: BTreeMap<String, BTreeSet<u64>>,
     /// Every window ending at or before this minute has had its final row.
     finalized_to: u64,
     last_flush: Instant,
@@ -103,7 +105,14 @@ struct WindowState {
 impl WindowState {
     fn add(&mut self, event: &SourcedEvent, minute: u64) {
         let e = &event.event;
-        let bucket = self.buckets.entry((e.city.clone(), minute)).or_default();
+        if !self.buckets.contains_key(e.city.as_str()) {
+            self.buckets.insert(e.city.clone(), BTreeMap::new());
+        }
+        let minutes = self
+            .buckets
+            .get_mut(e.city.as_str())
+            .expect("inserted above");
+        let bucket = minutes.entry(minute).or_default();
         bucket.total += 1;
         match e.event_type {
             EventType::Requested => bucket.requests += 1,
@@ -118,11 +127,18 @@ impl WindowState {
         if !bucket.riders.contains(&e.user_id) {
             bucket.riders.insert(e.user_id.clone());
         }
-        for start in self.window_starts(minute) {
-            if start + self.config.length_minutes > self.finalized_to {
-                self.dirty.insert((start, e.city.clone()));
-            }
+        let open: Vec<u64> = self
+            .window_starts(minute)
+            .filter(|start| start + self.config.length_minutes > self.finalized_to)
+            .collect();
+        if open.is_empty() {
+            return;
         }
+        if !self.dirty.contains_key(e.city.as_str()) {
+            self.dirty.insert(e.city.clone(), BTreeSet::new());
+        }
+        let dirty = self.dirty.get_mut(e.city.as_str()).expect("inserted above");
+        dirty.extend(open);
     }
 
     /// Starts of the windows containing `minute`.
@@ -151,8 +167,12 @@ impl WindowState {
         };
         let (mut fare_nanos, mut fares) = (0i128, 0u64);
         let mut riders: HashSet<&str> = HashSet::new();
-        let range = (city.to_string(), start)..(city.to_string(), end);
-        for (_, bucket) in self.buckets.range(range) {
+        let buckets = self
+            .buckets
+            .get(city)
+            .into_iter()
+            .flat_map(|m| m.range(start..end));
+        for (_, bucket) in buckets {
             row.total_events += bucket.total;
             row.requests += bucket.requests;
             row.completions += bucket.completions;
@@ -205,7 +225,7 @@ pub fn build<'scope>(
                     config,
                     buckets: BTreeMap::new(),
                     capability: Some(capability),
-                    dirty: BTreeSet::new(),
+                    dirty: BTreeMap::new(),
                     finalized_to,
                     last_flush: Instant::now(),
                 };
@@ -225,11 +245,13 @@ pub fn build<'scope>(
                     // Final rows for windows whose end the frontier has passed.
                     if done > state.finalized_to {
                         let mut closing: BTreeSet<(u64, String)> = BTreeSet::new();
-                        for (city, minute) in state.buckets.keys() {
-                            for start in state.window_starts(*minute) {
-                                let end = start + length;
-                                if end > state.finalized_to && end <= done {
-                                    closing.insert((start, city.clone()));
+                        for (city, minutes) in &state.buckets {
+                            for minute in minutes.keys() {
+                                for start in state.window_starts(*minute) {
+                                    let end = start + length;
+                                    if end > state.finalized_to && end <= done {
+                                        closing.insert((start, city.clone()));
+                                    }
                                 }
                             }
                         }
@@ -239,24 +261,30 @@ pub fn build<'scope>(
                             {
                                 output.session(capability).give(row);
                             }
-                            state.dirty.remove(&(*start, city.clone()));
+                            if let Some(starts) = state.dirty.get_mut(city.as_str()) {
+                                starts.remove(start);
+                            }
                         }
+                        state.dirty.retain(|_, starts| !starts.is_empty());
                         state.finalized_to = done;
                         // Evict what no open window needs.
-                        state
-                            .buckets
-                            .retain(|(_, minute), _| minute + length > done);
+                        for minutes in state.buckets.values_mut() {
+                            minutes.retain(|minute, _| minute + length > done);
+                        }
+                        state.buckets.retain(|_, minutes| !minutes.is_empty());
                     }
 
                     // Updates of open windows, at most once per emit interval.
                     if !state.dirty.is_empty() {
                         let since = state.last_flush.elapsed();
                         if since >= state.config.emit_interval {
-                            for (start, city) in std::mem::take(&mut state.dirty) {
-                                if let (Some(row), Some(capability)) =
-                                    (state.row(start, &city, false), state.capability.as_ref())
-                                {
-                                    output.session(capability).give(row);
+                            for (city, starts) in std::mem::take(&mut state.dirty) {
+                                for start in starts {
+                                    if let (Some(row), Some(capability)) =
+                                        (state.row(start, &city, false), state.capability.as_ref())
+                                    {
+                                        output.session(capability).give(row);
+                                    }
                                 }
                             }
                             state.last_flush = Instant::now();

@@ -11,7 +11,7 @@ let lastGood = null;
 const $ = (id) => document.getElementById(id);
 const fmt = (v, digits) => (v === null || v === undefined || Number.isNaN(v)) ? "–"
   : Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-const hhmm = (unix) => new Date(unix * 1000).toISOString().slice(11, 16);
+const clock = (unix, seconds) => new Date(unix * 1000).toISOString().slice(11, seconds ? 19 : 16);
 
 function colorOf(city, cities) {
   return COLORS[cities.indexOf(city) % COLORS.length];
@@ -36,7 +36,8 @@ function lineChart(el, series, cities, opts = {}) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = x0 + (x1 - x0) * i / 4;
-    svg += `<text x="${x(t)}" y="${H - 6}" text-anchor="middle">${hhmm(t)}</text>`;
+    // Minutes, or seconds too when the chart spans under five minutes (no repeated labels).
+    svg += `<text x="${x(t)}" y="${H - 6}" text-anchor="middle">${clock(t, x1 - x0 < 300)}</text>`;
   }
   if (opts.threshold) {
     svg += `<line class="threshold" x1="${L}" x2="${W - R}" y1="${y(opts.threshold)}" y2="${y(opts.threshold)}" stroke="#f85149" stroke-dasharray="6 4" stroke-width="2"/>`;
