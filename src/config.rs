@@ -329,6 +329,22 @@ impl Config {
         Ok(config)
     }
 
+    /// Writes this configuration as TOML to `path`, readable by its owner only (it may hold
+    /// the ClickHouse password), under a one-line `header` comment. Child processes (job
+    /// processes, benchmark jobs) run with `--config` on such a file.
+    pub fn write_private(&self, path: &Path, header: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = toml::to_string(self).map_err(std::io::Error::other)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(format!("# {header}\n{text}").as_bytes())
+    }
+
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| {

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::clickhouse::writer::DeadLetter;
 use crate::kafka::partitioner::{partition_for, ride_id_key};
-use crate::kafka::source::{Ingested, SourceShared};
+use crate::kafka::source::{owns, Ingested, SourceShared};
 
 /// Lines handled per activation, so other operators get to run.
 const MAX_LINES_PER_ACTIVATION: usize = 4096;
@@ -151,11 +151,7 @@ pub fn file_source<'scope>(
                     Ok(event) => {
                         let (capability, sourced) =
                             stamper.stamp(partition as u32, offset as u64, event, now);
-                        let keep = config
-                            .cities
-                            .as_ref()
-                            .is_none_or(|c| c.contains(&sourced.event.city));
-                        if !keep {
+                        if !owns(&config.cities, &sourced.event.city) {
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }

@@ -209,18 +209,10 @@ impl Bench {
             "config-{}-{}.toml",
             self.run, config.clickhouse.database
         ));
-        {
-            // It may hold the ClickHouse password: readable by its owner only.
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)?
-                .write_all(toml::to_string(config)?.as_bytes())?;
-        }
+        config.write_private(
+            &path,
+            "Written by `ridepulse bench` for one scenario's job.",
+        )?;
         let mut command = Command::new(&self.exe);
         command.arg("--config").arg(&path).args(args);
         command.env_remove("RIDEPULSE_CONFIG");
@@ -789,7 +781,7 @@ impl Bench {
     }
 }
 
-/// Whether a path looks like a data file we made (for tests).
+/// Whether `path` holds a PNG image (the plots; used by the harness's test).
 pub fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
 }

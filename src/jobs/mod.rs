@@ -19,7 +19,6 @@ pub mod supervisor;
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -328,7 +327,12 @@ pub fn submit(config: &Config, request: &SubmitRequest) -> anyhow::Result<JobSpe
     };
     write_json(&dir.file("job.json"), &spec)?;
     write_layout(&dir.layout_path(), &layout)?;
-    write_config(&dir.config_path(), config)?;
+    config
+        .write_private(
+            &dir.config_path(),
+            "Written by `ridepulse job submit`: the configuration this job's processes run with.",
+        )
+        .with_context(|| format!("cannot write {}", dir.config_path().display()))?;
     let previous_restarts = dir.state().map_or(0, |s| s.restarts);
 
     let log = File::options()
@@ -396,24 +400,6 @@ fn write_layout(path: &Path, layout: &Layout) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn write_config(path: &Path, config: &Config) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = format!(
-        "# Written by `ridepulse job submit`: the configuration this job's processes run with.\n{}",
-        toml::to_string(config)?
-    );
-    // It may hold the ClickHouse password: readable by its owner only.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 /// Asks the job's supervisor to stop it and waits until it has (up to `wait`). A job
 /// whose supervisor is gone has its processes killed directly.
 pub fn stop(config: &Config, name: &str, wait: Duration) -> anyhow::Result<()> {
@@ -424,7 +410,7 @@ pub fn stop(config: &Config, name: &str, wait: Duration) -> anyhow::Result<()> {
             config.cluster.state_dir().display()
         );
     }
-    let Some(mut state) = dir.state() else {
+    let Some(state) = dir.state() else {
         bail!("job {name} has no state yet");
     };
     if state.phase == Phase::Stopped {
@@ -446,8 +432,6 @@ pub fn stop(config: &Config, name: &str, wait: Duration) -> anyhow::Result<()> {
     state_now.pids.clear();
     state_now.since = unix_now();
     dir.write_state(&state_now)?;
-    state = state_now;
     let _ = std::fs::remove_file(dir.stop_request());
-    tracing::debug!(job = name, restarts = state.restarts, "stopped");
     Ok(())
 }

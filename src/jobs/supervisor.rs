@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::{info, warn};
 
-use super::{pid_alive, signal, unix_now, JobDir, JobSpec, JobState, Phase};
+use super::{signal, unix_now, JobDir, JobSpec, JobState, Phase};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -123,9 +123,8 @@ fn start_all(dir: &JobDir, spec: &JobSpec, exe: &std::path::Path) -> anyhow::Res
             .arg(dir.layout_path())
             .args(["--process", &index.to_string()])
             .args(["--group", &spec.group]);
-        if let Some(cities) = &spec.cities {
+        if spec.cities.is_some() {
             command.arg("--cities").arg(spec.cities_text());
-            debug_assert!(!cities.is_empty());
         }
         if !spec.dead_letters {
             command.arg("--no-dead-letters");
@@ -177,6 +176,5 @@ fn kill_all(members: &mut [Member]) {
     }
     for member in members.iter_mut() {
         let _ = member.child.wait();
-        debug_assert!(!pid_alive(member.child.id()));
     }
 }

@@ -94,12 +94,10 @@ pub struct SourceConfig {
     pub dead_letters: bool,
 }
 
-impl SourceConfig {
-    fn keeps(&self, city: &str) -> bool {
-        self.cities
-            .as_ref()
-            .is_none_or(|cities| cities.contains(city))
-    }
+/// Whether a job limited to `cities` (`None`: all) keeps an event of `city`. Shared by
+/// every source, so a city-set job filters the same way whatever it reads.
+pub fn owns(cities: &Option<std::collections::BTreeSet<String>>, city: &str) -> bool {
+    cities.as_ref().is_none_or(|c| c.contains(city))
 }
 
 /// Where a job resumes: the newest checkpoint of each partition (none for a fresh start).
@@ -359,7 +357,7 @@ pub fn kafka_source<'scope>(
                             let minute = minute_of(sourced.event.timestamp.millis());
                             slot.rebuild.entry(minute).or_insert((offset, before));
                         }
-                        if config.keeps(&sourced.event.city) {
+                        if owns(&config.cities, &sourced.event.city) {
                             counters.events.fetch_add(1, Ordering::Relaxed);
                             if sourced.late {
                                 counters.late.fetch_add(1, Ordering::Relaxed);
