@@ -168,6 +168,9 @@ pub struct WindowConfig {
     pub idle_timeout_secs: u64,
     /// How often an open window's changed row is emitted.
     pub emit_interval_ms: u64,
+    /// SPEC §2's `max_future`: an event time further than this ahead of its Kafka message's
+    /// timestamp is a dead letter, so one bad clock never moves a watermark.
+    pub max_future_secs: u64,
 }
 
 impl Default for WindowConfig {
@@ -178,6 +181,7 @@ impl Default for WindowConfig {
             allowed_lateness_secs: 30,
             idle_timeout_secs: 5,
             emit_interval_ms: 1000,
+            max_future_secs: 3600,
         }
     }
 }

@@ -162,18 +162,18 @@ pub fn file_source<'scope>(
                         output.session(&capability).give(Ingested::Event(sourced));
                     }
                     Err(error) => {
-                        let count = counters.invalid.fetch_add(1, Ordering::Relaxed);
+                        let count = counters.count_invalid(&error);
                         if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, line = reader.lines, %error, invalid_so_far = count + 1, "invalid line");
+                            warn!(worker, partition, offset, line = reader.lines, %error, reason = error.reason(), invalid_so_far = count + 1, "invalid line");
                         }
                         if config.dead_letters {
-                            let dead = DeadLetter {
-                                partition: partition as u32,
-                                offset: offset as u64,
-                                key: key.as_deref().map(|k| k.as_bytes().to_vec()),
-                                payload: line.clone(),
-                                error: error.to_string(),
-                            };
+                            let dead = DeadLetter::invalid(
+                                partition as u32,
+                                offset as u64,
+                                key.as_deref().map(|k| k.as_bytes().to_vec()),
+                                line.clone(),
+                                &error,
+                            );
                             let held = stamper.capability().expect("held while reading");
                             output.session(held).give(Ingested::Dead(dead));
                         }

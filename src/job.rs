@@ -69,6 +69,17 @@ pub struct RunOptions {
     pub from_beginning: bool,
 }
 
+/// The exit code of a job process stopped by a failure no restart can fix (schema,
+/// credentials, disk full, authorization): the supervisor sees it and backs off for
+/// minutes instead of restarting in a loop (78 is sysexits' EX_CONFIG).
+pub const FATAL_EXIT_CODE: i32 = 78;
+
+/// A failure no restart can fix; `main` prints it as `fatal: ...` and exits with
+/// [`FATAL_EXIT_CODE`].
+#[derive(Debug, thiserror::Error)]
+#[error("the job stopped: {0}")]
+pub struct JobFatal(pub String);
+
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct RunSummary {
@@ -78,6 +89,12 @@ pub struct RunSummary {
     pub late: u64,
     /// Messages that were not valid events.
     pub invalid: u64,
+    /// The same by reason, as `reason:count,...`.
+    pub invalid_by_reason: String,
+    /// Messages retention deleted after the job's checkpoint (never read).
+    pub retention_gap: u64,
+    /// Valid events ClickHouse refused (dead letters with reason `rejected_by_clickhouse`).
+    pub rejected_events: u64,
     /// Messages re-read after a restart that were already written.
     pub replayed: u64,
     /// Valid events of cities another job owns.
@@ -134,7 +151,13 @@ pub fn run<W: Write + Send + 'static>(
     for topic in [&config.topics.aggregated, &config.topics.dead_letters] {
         topics::partition_count(&config.kafka.brokers, topic)?;
     }
-    let layout = clickhouse::block_on(schema::verify(&config.clickhouse))?;
+    let layout = clickhouse::block_on(schema::verify(&config.clickhouse)).map_err(|error| {
+        if error.is_retryable() {
+            anyhow::Error::new(error)
+        } else {
+            JobFatal(error.to_string()).into()
+        }
+    })?;
     let from_files = !options.files.is_empty();
     if from_files && options.layout.processes.len() > 1 {
         bail!("--from-file runs in one process: use -w N for more worker threads");
@@ -163,6 +186,7 @@ pub fn run<W: Write + Send + 'static>(
         group_id: options.group_id.clone(),
         allowed_lateness: Duration::from_secs(config.window.allowed_lateness_secs),
         idle_timeout: Duration::from_secs(config.window.idle_timeout_secs),
+        max_future: Duration::from_secs(config.window.max_future_secs),
         until_end: options.until_end,
         window_length_minutes: config.window.length_minutes,
         checkpoint_interval: Duration::from_millis(config.job.checkpoint_interval_ms),
@@ -253,7 +277,7 @@ pub fn run<W: Write + Send + 'static>(
     });
     let results = loop {
         if let Some(error) = writer.fatal() {
-            bail!("the job stopped: {error}");
+            return Err(JobFatal(error).into());
         }
         match done_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(results) => break results,
@@ -289,7 +313,7 @@ pub fn run<W: Write + Send + 'static>(
     }
     writer.shutdown();
     if let Some(error) = writer.fatal() {
-        bail!("the job stopped: {error}");
+        return Err(JobFatal(error).into());
     }
     if !finals.is_empty() {
         commit_offsets(config, &options.group_id, &finals)
@@ -302,6 +326,9 @@ pub fn run<W: Write + Send + 'static>(
         events: counters.events.load(Ordering::Relaxed),
         late: counters.late.load(Ordering::Relaxed),
         invalid: counters.invalid.load(Ordering::Relaxed),
+        invalid_by_reason: counters.invalid_by_reason_text(),
+        retention_gap: counters.retention_gap.load(Ordering::Relaxed),
+        rejected_events: stats.rejected_events.load(Ordering::Relaxed),
         replayed: counters.replayed.load(Ordering::Relaxed),
         other_cities: counters.other_cities.load(Ordering::Relaxed),
         written_events: stats.events.load(Ordering::Relaxed),

@@ -238,6 +238,11 @@ struct ConsumeArgs {
 fn main() {
     ridepulse::telemetry::init();
     if let Err(error) = run(Cli::parse()) {
+        if let Some(fatal) = error.downcast_ref::<ridepulse::job::JobFatal>() {
+            // The supervisor reads this line and backs off instead of restarting in a loop.
+            eprintln!("fatal: {fatal}");
+            std::process::exit(ridepulse::job::FATAL_EXIT_CODE);
+        }
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
@@ -351,10 +356,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // stdout is line-buffered: a live run's rows show as they are emitted.
             let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
             eprintln!(
-                "events={} late={} invalid={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
+                "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
                 summary.events,
                 summary.late,
                 summary.invalid,
+                summary.invalid_by_reason,
+                summary.retention_gap,
+                summary.rejected_events,
                 summary.replayed,
                 summary.other_cities,
                 summary.written_events,
@@ -601,6 +609,9 @@ fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
                     row.watermark.unwrap_or_else(|| "?".into()),
                     row.lag.map_or_else(|| "?".into(), |l| l.to_string())
                 );
+                if let Some(failure) = row.failure {
+                    println!("  failed: {failure}");
+                }
             }
         }
         JobAction::Logs { name, lines } => {

@@ -27,7 +27,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use crate::event::{EventType, Timestamp};
-use crate::metrics_row::{CityMetricsRow, FINAL_VERSION};
+use crate::metrics_row::{final_version, CityMetricsRow};
 use crate::partitioned_source::SourcedEvent;
 
 /// Window shape and emission settings.
@@ -187,7 +187,7 @@ impl WindowState {
         row.avg_fare = (fares > 0).then(|| fare_nanos as f64 / 1e9 / fares as f64);
         row.unique_riders = riders.len() as u64;
         row.version = if is_final {
-            FINAL_VERSION
+            final_version(row.total_events)
         } else {
             row.total_events
         };

@@ -1,10 +1,13 @@
 //! The event contract of SPEC §2: ride events and driver locations as they travel on Kafka.
 //!
 //! Parsing is strict where the contract is strict (required fields, known event types,
-//! parseable timestamps) and lenient where it promises leniency (three timestamp forms, any
-//! fractional precision, unknown extra fields). Every rejection is an [`EventError`] that
-//! names the field and what was wrong with it, because that text ends up in the dead-letter
-//! topic's headers where an operator has to act on it.
+//! parseable and plausible timestamps, bounded strings and fares) and lenient where it
+//! promises leniency (three timestamp forms, any fractional precision, unknown extra fields,
+//! `lon` for `lng`, and optional fields of another shape stored as absent: only the required
+//! fields decide validity). Every rejection is an [`EventError`] that names the field and
+//! what was wrong with it, because that text ends up in the dead-letter topic's headers
+//! where an operator has to act on it, and carries a short [`EventError::reason`] code that
+//! dead letters are counted by.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,6 +15,15 @@ use std::fmt;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
+
+/// The longest `ride_id`, `city`, `user_id` or `driver_id` accepted, in bytes (SPEC §2).
+pub const MAX_TEXT_BYTES: usize = 256;
+/// The largest `estimated_fare` accepted (SPEC §2); fares are never negative.
+pub const MAX_FARE: f64 = 1_000_000.0;
+/// The earliest plausible event time: 2000-01-01T00:00:00Z (SPEC §2).
+pub const EARLIEST_EVENT_MS: i64 = 946_684_800_000;
+/// The latest plausible event time: 2100-01-01T00:00:00Z (SPEC §2).
+pub const LATEST_EVENT_MS: i64 = 4_102_444_800_000;
 
 /// What happened to a ride. The five kinds of SPEC §2, spelled in JSON as in the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,13 +210,13 @@ impl Serialize for RideEvent {
     }
 }
 
-/// Why a `ride-events` message is a dead letter. The text names the field and the problem.
+/// Why a message is a dead letter. The text names the field and the problem.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum EventError {
     /// The bytes are not a JSON object (or not UTF-8).
     #[error("not a valid JSON object: {0}")]
     NotJson(String),
-    /// A field has the wrong JSON type (for example a fare given as a string).
+    /// A required field has the wrong JSON type (for example a city given as a number).
     #[error("field `{field}`: {reason}")]
     WrongType {
         /// The field's path in the JSON object.
@@ -218,12 +230,253 @@ pub enum EventError {
     /// A required string field is empty.
     #[error("field `{0}` is empty")]
     Empty(&'static str),
-    /// `event_type` is not one of the five known types.
+    /// A string field is longer than [`MAX_TEXT_BYTES`].
+    #[error("field `{field}` is {bytes} bytes long (at most {MAX_TEXT_BYTES} allowed)")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// `event_type` (or a location's `status`) is not one of the known values.
     #[error("field `event_type`: unknown value `{0}` (expected requested, accepted, started, completed or cancelled)")]
     UnknownEventType(String),
     /// `timestamp` could not be read.
     #[error("field `timestamp`: {0}")]
     BadTimestamp(TimestampError),
+    /// A number outside the range SPEC §2 allows (a fare, a coordinate).
+    #[error("field `{field}`: {reason}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// What was wrong, with the value.
+        reason: String,
+    },
+    /// `timestamp` is before 2000-01-01 or after 2100-01-01.
+    #[error("field `timestamp`: {0} is not a plausible event time (allowed: 2000-01-01 to 2100-01-01)")]
+    ImplausibleTime(Timestamp),
+    /// `timestamp` is further ahead of the Kafka message's own timestamp than `max_future`.
+    #[error("field `timestamp`: {event} is {ahead_ms} ms ahead of its Kafka message's timestamp {message} (at most {max_future_ms} ms allowed)")]
+    FutureTime {
+        /// The event time.
+        event: Timestamp,
+        /// The message's CreateTime.
+        message: Timestamp,
+        /// How far ahead the event time is.
+        ahead_ms: i64,
+        /// The allowed lead (`max_future`).
+        max_future_ms: i64,
+    },
+}
+
+impl EventError {
+    /// A short, stable code for the kind of rejection: dead letters are counted by it and it
+    /// travels in the `error_reason` header and the `dead_letters.reason` column.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::NotJson(_) => "not_json",
+            EventError::WrongType { .. } => "wrong_type",
+            EventError::Missing(_) => "missing_field",
+            EventError::Empty(_) => "empty_field",
+            EventError::TooLong { .. } => "too_long",
+            EventError::UnknownEventType(_) => "unknown_event_type",
+            EventError::BadTimestamp(_) => "bad_timestamp",
+            EventError::OutOfRange { .. } => "out_of_range",
+            EventError::ImplausibleTime(_) => "implausible_time",
+            EventError::FutureTime { .. } => "future_time",
+        }
+    }
+
+    /// Every reason code, for counters that list them all.
+    pub const REASONS: [&'static str; 10] = [
+        "not_json",
+        "wrong_type",
+        "missing_field",
+        "empty_field",
+        "too_long",
+        "unknown_event_type",
+        "bad_timestamp",
+        "out_of_range",
+        "implausible_time",
+        "future_time",
+    ];
+}
+
+/// SPEC §2's plausibility rule against the Kafka message's own timestamp (CreateTime): an
+/// event time more than `max_future_ms` ahead of it is a dead letter, so one bad clock never
+/// moves a watermark. Without a message timestamp (files, in-memory tests) only the fixed
+/// 2000–2100 range, checked at parse time, applies.
+pub fn check_not_ahead(
+    event: Timestamp,
+    message_ms: Option<i64>,
+    max_future_ms: i64,
+) -> Result<(), EventError> {
+    match message_ms {
+        Some(message) if event.0.saturating_sub(message) > max_future_ms => {
+            Err(EventError::FutureTime {
+                event,
+                message: Timestamp(message),
+                ahead_ms: event.0.saturating_sub(message),
+                max_future_ms,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An optional field of any shape: only `Some` when it has the shape the contract names.
+/// SPEC §2: an optional field of another shape is stored as null, never a reason to
+/// dead-letter the event.
+struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient(None)
+    }
+}
+
+/// Accepts any JSON value; keeps it only when `keep` says what it is.
+macro_rules! lenient_visitor {
+    ($target:ty, $expecting:literal, { $($body:tt)* }) => {
+        impl<'de> Deserialize<'de> for Lenient<$target> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Lenient<$target>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                        Ok(Lenient(None))
+                    }
+                    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                        Ok(Lenient(None))
+                    }
+                    fn visit_none<E>(self) -> Result<Self::Value, E> {
+                        Ok(Lenient(None))
+                    }
+                    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                        d.deserialize_any(V)
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                        Ok(Lenient(None))
+                    }
+                    $($body)*
+                }
+                deserializer.deserialize_any(V)
+            }
+        }
+    };
+}
+
+// A number, kept as `f64` (integers too); anything else is `None`.
+lenient_visitor!(f64, "any JSON value", {
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Lenient(Some(v as f64)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Lenient(Some(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Lenient(Some(v)))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Lenient(None))
+    }
+});
+
+/// A non-empty string (borrowed when the JSON has no escapes); anything else is `None`.
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<Cow<'a, str>> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Lenient<Cow<'a, str>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Lenient((!v.is_empty()).then_some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Lenient((!v.is_empty()).then(|| Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(V(std::marker::PhantomData))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+        }
+        deserializer.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+// A `{lat, lng}` object (`lon` accepted for `lng`) with finite coordinates on the globe;
+// anything else, including an object missing a coordinate, is `None`.
+lenient_visitor!(GeoPoint, "any JSON value", {
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut lat, mut lng, mut lon) = (None, None, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value = map.next_value::<Lenient<f64>>()?.0;
+            match key.as_ref() {
+                "lat" => lat = value,
+                "lng" => lng = value,
+                "lon" => lon = value,
+                _ => {}
+            }
+        }
+        Ok(Lenient(geo_point(lat, lng.or(lon))))
+    }
+});
+
+/// A point when both coordinates are finite and on the globe.
+fn geo_point(lat: Option<f64>, lng: Option<f64>) -> Option<GeoPoint> {
+    let (lat, lng) = (lat?, lng?);
+    (coordinate_ok(lat, 90.0) && coordinate_ok(lng, 180.0)).then_some(GeoPoint { lat, lng })
+}
+
+fn coordinate_ok(value: f64, limit: f64) -> bool {
+    value.is_finite() && (-limit..=limit).contains(&value)
 }
 
 /// The wire shape before validation: everything optional so that each problem can be named.
@@ -238,15 +491,15 @@ struct RawRideEvent<'a> {
     #[serde(borrow, default)]
     city: Option<Cow<'a, str>>,
     #[serde(default)]
-    estimated_fare: Option<f64>,
+    estimated_fare: Lenient<f64>,
     #[serde(borrow, default)]
     user_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    driver_id: Option<Cow<'a, str>>,
+    driver_id: Lenient<Cow<'a, str>>,
     #[serde(default)]
-    pickup: Option<GeoPoint>,
+    pickup: Lenient<GeoPoint>,
     #[serde(default)]
-    dropoff: Option<GeoPoint>,
+    dropoff: Lenient<GeoPoint>,
 }
 
 /// serde_json's message without its "at line 1 column 193" suffix: the field is named anyway.
@@ -258,64 +511,96 @@ fn without_position(error: &serde_json::Error) -> String {
     }
 }
 
+/// A required string: present, not blank, at most [`MAX_TEXT_BYTES`].
 fn required(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, EventError> {
     match value {
         None => Err(EventError::Missing(field)),
         Some(text) if text.trim().is_empty() => Err(EventError::Empty(field)),
+        Some(text) if text.len() > MAX_TEXT_BYTES => Err(EventError::TooLong {
+            field,
+            bytes: text.len(),
+        }),
         Some(text) => Ok(text.into_owned()),
     }
+}
+
+/// A required timestamp: present, parseable and within 2000–2100.
+fn event_time(value: Option<Cow<'_, str>>) -> Result<Timestamp, EventError> {
+    let text = value.ok_or(EventError::Missing("timestamp"))?;
+    let timestamp = Timestamp::parse(&text).map_err(EventError::BadTimestamp)?;
+    if !(EARLIEST_EVENT_MS..=LATEST_EVENT_MS).contains(&timestamp.0) {
+        return Err(EventError::ImplausibleTime(timestamp));
+    }
+    Ok(timestamp)
+}
+
+/// Reads `bytes` as one JSON object of shape `T`, naming the field when a type is wrong.
+fn read_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, EventError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(EventError::NotJson("expected a JSON object `{...}`".into())),
+        None => return Err(EventError::NotJson("the message is empty".into())),
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let raw: T = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            return Err(if path == "." || inner.is_syntax() || inner.is_eof() {
+                EventError::NotJson(inner.to_string())
+            } else {
+                EventError::WrongType {
+                    field: path,
+                    reason: without_position(&inner),
+                }
+            });
+        }
+    };
+    deserializer
+        .end()
+        .map_err(|e| EventError::NotJson(e.to_string()))?;
+    Ok(raw)
 }
 
 impl RideEvent {
     /// Parses and validates one `ride-events` message value.
     pub fn parse(bytes: &[u8]) -> Result<RideEvent, EventError> {
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => {}
-            Some(_) => return Err(EventError::NotJson("expected a JSON object `{...}`".into())),
-            None => return Err(EventError::NotJson("the message is empty".into())),
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawRideEvent = match serde_path_to_error::deserialize(&mut deserializer) {
-            Ok(raw) => raw,
-            Err(error) => {
-                let path = error.path().to_string();
-                let inner = error.into_inner();
-                return Err(if path == "." || inner.is_syntax() || inner.is_eof() {
-                    EventError::NotJson(inner.to_string())
-                } else {
-                    EventError::WrongType {
-                        field: path,
-                        reason: without_position(&inner),
-                    }
-                });
-            }
-        };
-        deserializer
-            .end()
-            .map_err(|e| EventError::NotJson(e.to_string()))?;
-
+        let raw: RawRideEvent = read_object(bytes)?;
         let event_type = match raw.event_type {
             None => return Err(EventError::Missing("event_type")),
             Some(text) => EventType::parse(&text)
                 .ok_or_else(|| EventError::UnknownEventType(text.into_owned()))?,
         };
         let ride_id = required(raw.ride_id, "ride_id")?;
-        let timestamp = match raw.timestamp {
-            None => return Err(EventError::Missing("timestamp")),
-            Some(text) => Timestamp::parse(&text).map_err(EventError::BadTimestamp)?,
-        };
+        let timestamp = event_time(raw.timestamp)?;
         let city = required(raw.city, "city")?;
         let user_id = required(raw.user_id, "user_id")?;
+        let estimated_fare = match raw.estimated_fare.0 {
+            Some(fare) if !(fare.is_finite() && (0.0..=MAX_FARE).contains(&fare)) => {
+                return Err(EventError::OutOfRange {
+                    field: "estimated_fare",
+                    reason: format!("{fare} is not between 0 and {MAX_FARE}"),
+                })
+            }
+            fare => fare,
+        };
+        // An optional driver of another shape (or too long to be an id) is stored as null.
+        let driver_id = raw
+            .driver_id
+            .0
+            .filter(|d| d.len() <= MAX_TEXT_BYTES)
+            .map(Cow::into_owned);
         Ok(RideEvent {
             event_type,
             ride_id,
             timestamp,
             city,
-            estimated_fare: raw.estimated_fare,
+            estimated_fare,
             user_id,
-            driver_id: raw.driver_id.map(Cow::into_owned),
-            pickup: raw.pickup,
-            dropoff: raw.dropoff,
+            driver_id,
+            pickup: raw.pickup.0,
+            dropoff: raw.dropoff.0,
         })
     }
 
@@ -354,22 +639,53 @@ pub struct DriverLocation {
     pub status: DriverStatus,
 }
 
+/// The wire shape of a location before validation.
+#[derive(Deserialize)]
+struct RawLocation<'a> {
+    #[serde(borrow, default)]
+    driver_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    city: Option<Cow<'a, str>>,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lng: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+    #[serde(default)]
+    status: Option<DriverStatus>,
+}
+
 impl DriverLocation {
-    /// Parses and validates one `driver-locations` message value.
+    /// Parses and validates one `driver-locations` message value: the same rules as ride
+    /// events (required strings bounded, plausible time), a position on the globe (`lon`
+    /// accepted for `lng`) and a known status.
     pub fn parse(bytes: &[u8]) -> Result<DriverLocation, EventError> {
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let location: DriverLocation = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|error| EventError::WrongType {
-                field: error.path().to_string(),
-                reason: without_position(error.inner()),
-            })?;
-        if location.driver_id.trim().is_empty() {
-            return Err(EventError::Empty("driver_id"));
+        let raw: RawLocation = read_object(bytes)?;
+        let driver_id = required(raw.driver_id, "driver_id")?;
+        let timestamp = event_time(raw.timestamp)?;
+        let city = required(raw.city, "city")?;
+        let lat = raw.lat.ok_or(EventError::Missing("lat"))?;
+        let lng = raw.lng.or(raw.lon).ok_or(EventError::Missing("lng"))?;
+        for (field, value, limit) in [("lat", lat, 90.0), ("lng", lng, 180.0)] {
+            if !coordinate_ok(value, limit) {
+                return Err(EventError::OutOfRange {
+                    field,
+                    reason: format!("{value} is not between -{limit} and {limit}"),
+                });
+            }
         }
-        if location.city.trim().is_empty() {
-            return Err(EventError::Empty("city"));
-        }
-        Ok(location)
+        let status = raw.status.ok_or(EventError::Missing("status"))?;
+        Ok(DriverLocation {
+            driver_id,
+            timestamp,
+            city,
+            lat,
+            lng,
+            status,
+        })
     }
 
     /// The message value as JSON.
@@ -538,19 +854,124 @@ mod tests {
     }
 
     #[test]
-    fn rejects_wrong_types_naming_the_field() {
-        let error = RideEvent::parse(with("estimated_fare", "\"8.50\"").as_bytes()).unwrap_err();
-        assert!(
-            matches!(&error, EventError::WrongType { field, .. } if field == "estimated_fare"),
-            "{error}"
-        );
+    fn rejects_wrong_types_of_required_fields_naming_the_field() {
         let error = RideEvent::parse(with("city", "42").as_bytes()).unwrap_err();
         assert!(
             error.to_string().starts_with("field `city`: invalid type"),
             "{error}"
         );
-        let error = RideEvent::parse(with("pickup", "{\"lat\": 1}").as_bytes()).unwrap_err();
-        assert!(error.to_string().contains("pickup"), "{error}");
+        assert_eq!(error.reason(), "wrong_type");
+    }
+
+    #[test]
+    fn optional_fields_of_another_shape_are_stored_as_null() {
+        // SPEC §2: only the required fields decide validity.
+        for (field, value) in [
+            ("estimated_fare", "\"8.50\""),
+            ("estimated_fare", "[8.5]"),
+            ("estimated_fare", "{\"amount\": 8.5}"),
+            ("estimated_fare", "true"),
+            ("pickup", "{\"lat\": 1}"),
+            ("pickup", "\"48.1,17.1\""),
+            ("pickup", "[48.1, 17.1]"),
+            ("pickup", "{\"lat\": \"48.1\", \"lng\": 17.1}"),
+            ("pickup", "{\"lat\": 148.1, \"lng\": 17.1}"),
+            ("dropoff", "{\"latitude\": 48.1, \"longitude\": 17.1}"),
+            ("dropoff", "42"),
+            ("driver_id", "42"),
+            ("driver_id", "{\"id\": 7}"),
+            ("driver_id", "\"\""),
+        ] {
+            let event = RideEvent::parse(with(field, value).as_bytes())
+                .unwrap_or_else(|e| panic!("{field}={value}: {e}"));
+            let stored = match field {
+                "estimated_fare" => event.estimated_fare.is_some(),
+                "pickup" => event.pickup.is_some(),
+                "dropoff" => event.dropoff.is_some(),
+                _ => event.driver_id.is_some(),
+            };
+            assert!(!stored, "{field}={value} should be stored as null");
+        }
+    }
+
+    #[test]
+    fn lon_is_accepted_for_lng() {
+        let text = VALID.replace("\"lng\"", "\"lon\"");
+        let event = RideEvent::parse(text.as_bytes()).unwrap();
+        assert_eq!(event, RideEvent::parse(VALID.as_bytes()).unwrap());
+        let integral = with("pickup", "{\"lat\": 48, \"lon\": 17}");
+        let event = RideEvent::parse(integral.as_bytes()).unwrap();
+        assert_eq!(
+            event.pickup,
+            Some(GeoPoint {
+                lat: 48.0,
+                lng: 17.0
+            })
+        );
+    }
+
+    #[test]
+    fn enforces_the_bounds_of_spec_2() {
+        let long = format!("\"{}\"", "x".repeat(MAX_TEXT_BYTES + 1));
+        let exact = format!("\"{}\"", "é".repeat(MAX_TEXT_BYTES / 2));
+        for field in ["ride_id", "city", "user_id"] {
+            let error = RideEvent::parse(with(field, &long).as_bytes()).unwrap_err();
+            assert_eq!(
+                error,
+                EventError::TooLong {
+                    field,
+                    bytes: MAX_TEXT_BYTES + 1
+                }
+            );
+            assert_eq!(error.reason(), "too_long");
+            assert!(RideEvent::parse(with(field, &exact).as_bytes()).is_ok());
+        }
+        for fare in ["-0.01", "1000000.01", "1e30", "-1e30"] {
+            let error = RideEvent::parse(with("estimated_fare", fare).as_bytes()).unwrap_err();
+            assert_eq!(error.reason(), "out_of_range", "{fare}");
+            assert!(error.to_string().starts_with("field `estimated_fare`"));
+        }
+        for fare in ["0", "1000000", "0.5"] {
+            assert!(RideEvent::parse(with("estimated_fare", fare).as_bytes()).is_ok());
+        }
+        for text in ["1999-12-31T23:59:59.999Z", "2100-01-01T00:00:00.001Z", "0001-01-01T00:00:00"] {
+            let error =
+                RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes()).unwrap_err();
+            assert_eq!(error.reason(), "implausible_time", "{text}: {error}");
+        }
+        for text in ["2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z"] {
+            assert!(RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes()).is_ok());
+        }
+    }
+
+    #[test]
+    fn an_event_far_ahead_of_its_message_is_refused() {
+        let hour = 3_600_000;
+        assert_eq!(check_not_ahead(Timestamp(T), Some(T), hour), Ok(()));
+        assert_eq!(check_not_ahead(Timestamp(T + hour), Some(T), hour), Ok(()));
+        assert_eq!(check_not_ahead(Timestamp(T - 10 * hour), Some(T), hour), Ok(()));
+        assert_eq!(check_not_ahead(Timestamp(T + 100 * hour), None, hour), Ok(()));
+        let error = check_not_ahead(Timestamp(T + hour + 1), Some(T), hour).unwrap_err();
+        assert_eq!(error.reason(), "future_time");
+        assert!(error.to_string().contains("ahead of its Kafka message"), "{error}");
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        let errors = [
+            EventError::NotJson(String::new()),
+            EventError::WrongType { field: String::new(), reason: String::new() },
+            EventError::Missing("x"),
+            EventError::Empty("x"),
+            EventError::TooLong { field: "x", bytes: 0 },
+            EventError::UnknownEventType(String::new()),
+            EventError::BadTimestamp(TimestampError(String::new())),
+            EventError::OutOfRange { field: "x", reason: String::new() },
+            EventError::ImplausibleTime(Timestamp(0)),
+            EventError::FutureTime { event: Timestamp(0), message: Timestamp(0), ahead_ms: 0, max_future_ms: 0 },
+        ];
+        let reasons: Vec<_> = errors.iter().map(EventError::reason).collect();
+        assert_eq!(reasons, EventError::REASONS);
     }
 
     #[test]
@@ -584,6 +1005,17 @@ mod tests {
         assert!(error.unwrap_err().to_string().contains("status"));
         let error = DriverLocation::parse(text.replace("\"city\": \"kosice\", ", "").as_bytes());
         assert!(error.unwrap_err().to_string().contains("city"));
+        let lon = DriverLocation::parse(text.replace("\"lng\"", "\"lon\"").as_bytes());
+        assert_eq!(lon.unwrap(), location);
+        for (from, to, reason) in [
+            ("48.7", "91", "out_of_range"),
+            ("2026-11-23T10:00:01.250", "2150-01-01T00:00:00", "implausible_time"),
+            ("\"driver-1\"", "\"\"", "empty_field"),
+            ("\"lat\": 48.7, ", "", "missing_field"),
+        ] {
+            let error = DriverLocation::parse(text.replace(from, to).as_bytes()).unwrap_err();
+            assert_eq!(error.reason(), reason, "{from} -> {to}: {error}");
+        }
     }
 
     mod roundtrip {
@@ -604,8 +1036,8 @@ mod tests {
             (
                 proptest::sample::select(EventType::ALL.to_vec()),
                 text(),
-                // 1970 .. 2100, millisecond precision
-                0i64..4_102_444_800_000,
+                // 2000 .. 2100, millisecond precision
+                EARLIEST_EVENT_MS..=LATEST_EVENT_MS,
                 text(),
                 proptest::option::of(0.0..500.0f64),
                 text(),

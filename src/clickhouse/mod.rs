@@ -21,9 +21,10 @@ use thiserror::Error;
 
 use crate::config::ClickHouseConfig;
 
-/// A failure talking to ClickHouse. [`ClickHouseError::is_retryable`] says whether waiting
-/// and trying again can help (the server is restarting, overloaded, or unreachable) or a
-/// person must change something (schema, credentials, SQL).
+/// A failure talking to ClickHouse. [`ClickHouseError::severity`] says whether waiting and
+/// trying again can help (the server is restarting, overloaded, or unreachable), whether the
+/// rows of the insert are at fault (split the batch to find them), or a person must change
+/// something (schema, credentials, disk space, SQL).
 #[derive(Debug, Error)]
 pub enum ClickHouseError {
     /// No answer: connection refused, reset, or timed out.
@@ -43,8 +44,8 @@ pub enum ClickHouseError {
         what: String,
         /// The server's message (it names the table and column of schema errors).
         detail: String,
-        /// Whether the error code is a transient one (overload, too many parts, timeouts).
-        retryable: bool,
+        /// What the error code calls for.
+        severity: Severity,
     },
     /// A table's columns differ from what this version of ridepulse writes.
     #[error("table `{table}`: {problem} (run `ridepulse migrate`, or drop the table if it was made by another program)")]
@@ -59,13 +60,31 @@ pub enum ClickHouseError {
     Version(String),
 }
 
+/// What a failed ClickHouse call calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Transient (unreachable, overloaded, too many parts, timeouts): the same call may
+    /// succeed later without anybody changing anything.
+    Retry,
+    /// Tied to the rows of an insert (a value the server cannot take, a block spanning too
+    /// many partitions): split the batch until the offending rows are isolated.
+    Rows,
+    /// A person must change something (schema, credentials, disk space): stop the job.
+    Fatal,
+}
+
 impl ClickHouseError {
     /// Whether the same call may succeed later without anybody changing anything.
     pub fn is_retryable(&self) -> bool {
+        self.severity() == Severity::Retry
+    }
+
+    /// What the failure calls for.
+    pub fn severity(&self) -> Severity {
         match self {
-            ClickHouseError::Unreachable { .. } => true,
-            ClickHouseError::Server { retryable, .. } => *retryable,
-            ClickHouseError::Schema { .. } | ClickHouseError::Version(_) => false,
+            ClickHouseError::Unreachable { .. } => Severity::Retry,
+            ClickHouseError::Server { severity, .. } => *severity,
+            ClickHouseError::Schema { .. } | ClickHouseError::Version(_) => Severity::Fatal,
         }
     }
 
@@ -78,17 +97,17 @@ impl ClickHouseError {
                 detail: error_chain(&error),
             },
             E::BadResponse(detail) => {
-                let retryable = transient_response(&detail);
+                let severity = classify_response(&detail);
                 ClickHouseError::Server {
                     what: what.to_string(),
                     detail,
-                    retryable,
+                    severity,
                 }
             }
             other => ClickHouseError::Server {
                 what: what.to_string(),
                 detail: error_chain(&other),
-                retryable: false,
+                severity: Severity::Fatal,
             },
         }
     }
@@ -109,20 +128,38 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Server errors worth retrying: HTTP 5xx without an exception code, and the exception codes
-/// of overload and transient conditions. Everything else (unknown table or column, type
-/// mismatch, authentication) needs a person.
-fn transient_response(detail: &str) -> bool {
-    // ClickHouse error codes: 159 TIMEOUT_EXCEEDED, 164 READONLY (replica restarting),
+/// Classifies a server error by its exception code (HTTP 5xx without a code: transient;
+/// other statuses without a code: fatal). Codes not listed are fatal: a person should look
+/// at an error ridepulse does not know rather than have it retried forever or rows dropped.
+fn classify_response(detail: &str) -> Severity {
+    // Transient: 159 TIMEOUT_EXCEEDED, 164 READONLY (replica restarting),
     // 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR,
     // 241 MEMORY_LIMIT_EXCEEDED, 242 TABLE_IS_READ_ONLY, 252 TOO_MANY_PARTS,
     // 319 UNKNOWN_STATUS_OF_INSERT, 425 SYSTEM_ERROR, 999 KEEPER_EXCEPTION.
     const TRANSIENT: [u32; 11] = [159, 164, 202, 209, 210, 241, 242, 252, 319, 425, 999];
-    if let Some(code) = exception_code(detail) {
-        return TRANSIENT.contains(&code);
+    // Tied to the inserted rows: 6 CANNOT_PARSE_TEXT, 27 CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+    // 32 ATTEMPT_TO_READ_AFTER_EOF, 33 CANNOT_READ_ALL_DATA, 38 CANNOT_PARSE_DATE,
+    // 41 CANNOT_PARSE_DATETIME, 53 TYPE_MISMATCH, 69 ARGUMENT_OUT_OF_BOUND,
+    // 70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA,
+    // 131 TOO_LARGE_STRING_SIZE, 321 VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE,
+    // 395 FUNCTION_THROW_IF_VALUE_IS_NON_ZERO, 469 VIOLATED_CONSTRAINT.
+    const ROWS: [u32; 15] = [6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 469];
+    match exception_code(detail) {
+        // 252 is also TOO_MANY_PARTITIONS ("Too many partitions for single INSERT block"):
+        // a batch spanning more partitions than the server allows is split, not retried.
+        Some(252) if detail.contains("partitions for single INSERT") => Severity::Rows,
+        Some(code) if TRANSIENT.contains(&code) => Severity::Retry,
+        Some(code) if ROWS.contains(&code) => Severity::Rows,
+        Some(_) => Severity::Fatal,
+        None => {
+            let status = detail.split_whitespace().next().unwrap_or("");
+            if status.len() == 3 && status.starts_with('5') {
+                Severity::Retry
+            } else {
+                Severity::Fatal
+            }
+        }
     }
-    let status = detail.split_whitespace().next().unwrap_or("");
-    status.len() == 3 && status.starts_with('5')
 }
 
 /// The `Code: N` of a ClickHouse exception text.
@@ -217,14 +254,19 @@ mod tests {
 
     #[test]
     fn classifies_server_errors() {
-        assert!(!transient_response(
-            "Code: 16, e.displayText() = DB::Exception: No such column foo in table ridepulse.city_metrics"
-        ));
-        assert!(transient_response(
-            "Code: 252, e.displayText() = DB::Exception: Too many parts (300)"
-        ));
-        assert!(transient_response("503 Service Unavailable"));
-        assert!(!transient_response("404 Not Found"));
+        for (detail, severity) in [
+            ("Code: 16, e.displayText() = DB::Exception: No such column foo in table ridepulse.city_metrics", Severity::Fatal),
+            ("Code: 252, e.displayText() = DB::Exception: Too many parts (300)", Severity::Retry),
+            ("Code: 252, e.displayText() = DB::Exception: Too many partitions for single INSERT block (more than 100).", Severity::Rows),
+            ("Code: 243, e.displayText() = DB::Exception: Cannot reserve 1.00 MiB, not enough space", Severity::Fatal),
+            ("Code: 516. DB::Exception: default: Authentication failed", Severity::Fatal),
+            ("Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero", Severity::Rows),
+            ("Code: 241. DB::Exception: Memory limit (total) exceeded", Severity::Retry),
+            ("503 Service Unavailable", Severity::Retry),
+            ("404 Not Found", Severity::Fatal),
+        ] {
+            assert_eq!(classify_response(detail), severity, "{detail}");
+        }
         assert_eq!(
             exception_code("Code: 60. DB::Exception: Table x doesn't exist"),
             Some(60)

@@ -95,8 +95,12 @@ pub struct DeadLetterRecord {
     pub kafka_partition: u32,
     /// `kafka_offset`.
     pub kafka_offset: u64,
-    /// `error`: the parser's message, naming the field.
+    /// `error`: the parser's message, naming the field (or ClickHouse's, for a row it
+    /// refused).
     pub error: String,
+    /// `reason`: the short code dead letters are counted by (`EventError::reason`, or
+    /// `rejected_by_clickhouse`).
+    pub reason: String,
     /// `payload`, as received (invalid UTF-8 replaced).
     pub payload: String,
     /// `received_at` (DateTime).

@@ -123,6 +123,7 @@ fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
             ("kafka_partition", t("UInt32")),
             ("kafka_offset", t("UInt64")),
             ("error", t("String")),
+            ("reason", t("String")),
             ("payload", t("String")),
             ("received_at", t("DateTime('UTC')")),
         ],
@@ -176,6 +177,10 @@ pub fn create_table(database: &str, table: &str, features: Features) -> String {
     sql
 }
 
+/// Columns added after a table's first release: `migrate` adds them to tables made by an
+/// older ridepulse (table, column, type, the column it follows).
+const ADDED_COLUMNS: [(&str, &str, &str, &str); 1] = [("dead_letters", "reason", "String", "error")];
+
 /// Every statement `migrate` runs, in order.
 pub fn statements(database: &str, features: Features) -> Vec<String> {
     let mut all = vec![format!("CREATE DATABASE IF NOT EXISTS {database}")];
@@ -213,6 +218,21 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Migration, ClickHouseE
     let statements = statements(&config.database, features);
     for statement in &statements {
         execute(&client, &config.url, statement).await?;
+    }
+    let mut statements = statements;
+    for (table, column, ty, after) in ADDED_COLUMNS {
+        let sql = format!(
+            "SELECT count() FROM system.columns WHERE database = '{}' AND table = '{table}' AND name = '{column}'",
+            config.database.replace('\'', "\\'")
+        );
+        if query_text(&client, &config.url, &sql, "TabSeparated").await?.trim() == "0" {
+            let alter = format!(
+                "ALTER TABLE {}.{table} ADD COLUMN {column} {ty} AFTER {after}",
+                config.database
+            );
+            execute(&client, &config.url, &alter).await?;
+            statements.push(alter);
+        }
     }
     verify(config).await?;
     Ok(Migration {

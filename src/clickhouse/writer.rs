@@ -7,11 +7,20 @@
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
 //!
-//! Transient failures (connection refused, timeouts, 5xx, overload codes, undelivered
-//! messages) are retried with exponential backoff, forever: the queue in front of the writer
-//! is bounded, and sources stop reading while [`Writer::inflight_rows`] is high, so an
-//! outage backpressures the job instead of filling memory. A fatal error (schema, auth) is
-//! kept in [`Writer::fatal`]; the job reports it and exits.
+//! Failures are classified (see [`Severity`] and [`crate::kafka::Disposition`]):
+//! - transient ones (connection refused, timeouts, 5xx, overload codes, undelivered
+//!   messages) are retried with exponential backoff and jitter, forever: the queue in front
+//!   of the writer is bounded, and sources stop reading while [`Writer::inflight_rows`] is
+//!   high, so an outage backpressures the job instead of filling memory. Kafka deliveries
+//!   are retried per message, never as a whole batch, and paced (see
+//!   [`CountingProducer::deliver`]), so a flood of dead letters cannot stall the job;
+//! - failures tied to the rows of an insert (a value the server refuses, a block spanning
+//!   too many partitions) split the insert in halves until the offending rows are
+//!   isolated: every other row is written, and a refused raw event becomes a dead letter
+//!   with the server's message (reason `rejected_by_clickhouse`);
+//! - failures no retry can fix (schema, credentials, disk full, authorization) are kept in
+//!   [`Writer::fatal`]; the job stops with that one message and exit code
+//!   [`crate::job::FATAL_EXIT_CODE`], which tells the supervisor not to restart it in a loop.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -27,17 +36,18 @@ use tracing::{error, info, warn};
 
 use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord};
 use super::schema::Layout;
-use super::{ClickHouseError, INSERT_TIMEOUT};
+use super::{ClickHouseError, Severity, INSERT_TIMEOUT};
 use crate::config::Config;
-use crate::kafka::producer::CountingProducer;
+use crate::kafka::producer::{jitter, CountingProducer, Outgoing};
 use crate::kafka::KafkaError;
+use dataflows::event::EventError;
 
 /// Batches waiting for the writer before `submit` blocks.
 const QUEUE_DEPTH: usize = 16;
 /// Longest wait between two attempts of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a batch's Kafka deliveries may take before they are retried.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(150);
+/// The dead-letter reason of a valid event that ClickHouse refused to store.
+pub const REJECTED_BY_CLICKHOUSE: &str = "rejected_by_clickhouse";
 
 /// A message that is not a valid event, on its way to the dead-letter topic.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +62,29 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// Why it was rejected (names the field).
     pub error: String,
+    /// The short code it is counted by ([`EventError::reason`] or
+    /// [`REJECTED_BY_CLICKHOUSE`]).
+    pub reason: String,
+}
+
+impl DeadLetter {
+    /// A message of `partition`/`offset` that is not a valid event.
+    pub fn invalid(
+        partition: u32,
+        offset: u64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        error: &EventError,
+    ) -> DeadLetter {
+        DeadLetter {
+            partition,
+            offset,
+            key,
+            payload,
+            error: error.to_string(),
+            reason: error.reason().to_string(),
+        }
+    }
 }
 
 /// Work for the writer: everything in it becomes durable together.
@@ -103,8 +136,15 @@ pub struct WriterStats {
     pub finals: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
-    /// Failed attempts that were retried.
+    /// Failed attempts that were retried (a Kafka message sent again counts once).
     pub retries: AtomicU64,
+    /// Valid events ClickHouse refused for good (turned into dead letters).
+    pub rejected_events: AtomicU64,
+    /// Other rows ClickHouse refused for good (metric rows, dead-letter rows; logged).
+    pub rejected_rows: AtomicU64,
+    /// Messages the broker refused for good (too large; logged, and a dead letter still
+    /// lands in the `dead_letters` table).
+    pub refused_messages: AtomicU64,
 }
 
 struct Shared {
@@ -233,55 +273,89 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
     info!("writer finished");
 }
 
-/// Writes one batch, retrying transient failures; returns the fatal error's text.
+/// Writes one batch, retrying transient failures and isolating refused rows; returns the
+/// fatal error's text.
 async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), String> {
     let stats = &shared.stats;
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut dead: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
         let records: Vec<EventRecord> = batch
             .events
             .iter()
             .map(|e| EventRecord::new(e, d.layout.events_ms, now_ms))
             .collect();
-        retry(stats, "ride_events", || insert(d, "ride_events", &records)).await?;
+        let rejected = insert_isolating(d, stats, "ride_events", &records).await?;
+        stats.events.fetch_add(
+            (records.len() - rejected.len()) as u64,
+            Ordering::Relaxed,
+        );
         stats
-            .events
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+            .rejected_events
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        dead.extend(rejected.into_iter().map(|(index, error)| {
+            let sourced = &batch.events[index];
+            warn!(partition = sourced.partition, offset = sourced.offset, %error, "ClickHouse refused an event: a dead letter");
+            DeadLetter {
+                partition: sourced.partition,
+                offset: sourced.offset,
+                key: Some(sourced.event.ride_id.clone().into_bytes()),
+                payload: sourced.event.to_json().into_bytes(),
+                error: format!("ClickHouse refused the row: {error}"),
+                reason: REJECTED_BY_CLICKHOUSE.to_string(),
+            }
+        }));
     }
-    if !batch.dead.is_empty() {
-        retry(stats, "dead letters", || async {
-            let messages = batch.dead.iter().map(|dead| {
-                let headers = OwnedHeaders::new()
-                    .insert(header("source_topic", &d.source_topic))
-                    .insert(header("source_partition", &dead.partition.to_string()))
-                    .insert(header("source_offset", &dead.offset.to_string()))
-                    .insert(header("error", &dead.error));
-                (dead.key.as_deref(), dead.payload.as_slice(), Some(headers))
-            });
-            d.dead_letters
-                .send_confirmed(messages, DELIVERY_TIMEOUT)
-                .map_err(Failure::Kafka)
-        })
-        .await?;
-        let records: Vec<DeadLetterRecord> = batch
-            .dead
+    let all_dead: Vec<&DeadLetter> = batch.dead.iter().chain(dead.iter()).collect();
+    if !all_dead.is_empty() {
+        let source_partitions: Vec<String> =
+            all_dead.iter().map(|x| x.partition.to_string()).collect();
+        let source_offsets: Vec<String> = all_dead.iter().map(|x| x.offset.to_string()).collect();
+        let messages: Vec<Outgoing<'_>> = all_dead
+            .iter()
+            .enumerate()
+            .map(|(i, dead)| Outgoing {
+                key: dead.key.as_deref(),
+                payload: &dead.payload,
+                headers: Some(
+                    OwnedHeaders::new_with_capacity(5)
+                        .insert(header("source_topic", &d.source_topic))
+                        .insert(header("source_partition", &source_partitions[i]))
+                        .insert(header("source_offset", &source_offsets[i]))
+                        .insert(header("error", &dead.error))
+                        .insert(header("error_reason", &dead.reason)),
+                ),
+            })
+            .collect();
+        let refused = deliver(stats, &d.dead_letters, &messages)?;
+        let mut records: Vec<DeadLetterRecord> = all_dead
             .iter()
             .map(|dead| DeadLetterRecord {
                 source_topic: d.source_topic.clone(),
                 kafka_partition: dead.partition,
                 kafka_offset: dead.offset,
                 error: dead.error.clone(),
+                reason: dead.reason.clone(),
                 payload: String::from_utf8_lossy(&dead.payload).into_owned(),
                 received_at: (now_ms / 1000).max(0) as u32,
             })
             .collect();
-        retry(stats, "dead_letters", || {
-            insert(d, "dead_letters", &records)
-        })
-        .await?;
+        for (index, error) in refused {
+            let record = &mut records[index];
+            warn!(partition = record.kafka_partition, offset = record.kafka_offset, %error, "the dead-letter topic refused a message; it is kept in the dead_letters table");
+            record.error = format!("{} (not on the dead-letter topic: {error})", record.error);
+        }
+        let rejected = insert_isolating(d, stats, "dead_letters", &records).await?;
+        for (index, error) in &rejected {
+            let record = &records[*index];
+            warn!(partition = record.kafka_partition, offset = record.kafka_offset, %error, "ClickHouse refused a dead-letter row (it is on the dead-letter topic)");
+        }
+        stats
+            .rejected_rows
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
         stats
             .dead_letters
-            .fetch_add(batch.dead.len() as u64, Ordering::Relaxed);
+            .fetch_add(all_dead.len() as u64, Ordering::Relaxed);
     }
     if !batch.metrics.is_empty() {
         let records: Vec<MetricsRecord> = batch
@@ -289,27 +363,33 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
             .iter()
             .map(|row| MetricsRecord::new(row, d.layout.metrics_ms))
             .collect();
-        retry(stats, "city_metrics", || {
-            insert(d, "city_metrics", &records)
-        })
-        .await?;
-        let json: Vec<(String, Vec<u8>)> = batch
+        let rejected = insert_isolating(d, stats, "city_metrics", &records).await?;
+        for (index, error) in &rejected {
+            let row = &batch.metrics[*index];
+            error!(city = %row.city, window_start = %row.window_start, %error, "ClickHouse refused a metrics row");
+        }
+        stats
+            .rejected_rows
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        let json: Vec<Vec<u8>> = batch
             .metrics
             .iter()
-            .map(|row| {
-                let bytes = serde_json::to_vec(row).expect("rows serialize");
-                (row.city.clone(), bytes)
+            .map(|row| serde_json::to_vec(row).expect("rows serialize"))
+            .collect();
+        let messages: Vec<Outgoing<'_>> = batch
+            .metrics
+            .iter()
+            .zip(&json)
+            .map(|(row, bytes)| Outgoing {
+                key: Some(row.city.as_bytes()),
+                payload: bytes,
+                headers: None,
             })
             .collect();
-        retry(stats, "analytics-aggregated", || async {
-            let messages = json
-                .iter()
-                .map(|(city, bytes)| (Some(city.as_bytes()), bytes.as_slice(), None));
-            d.aggregated
-                .send_confirmed(messages, DELIVERY_TIMEOUT)
-                .map_err(Failure::Kafka)
-        })
-        .await?;
+        for (index, error) in deliver(stats, &d.aggregated, &messages)? {
+            let row = &batch.metrics[index];
+            error!(city = %row.city, window_start = %row.window_start, %error, "analytics-aggregated refused a row");
+        }
         let finals = batch.metrics.iter().filter(|r| r.is_final == 1).count();
         stats
             .metrics
@@ -320,12 +400,66 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
         retry(stats, "checkpoints", || {
             insert(d, "checkpoints", &batch.checkpoints)
         })
-        .await?;
+        .await
+        .map_err(|failure| failure.to_string())?;
         stats
             .checkpoints
             .fetch_add(batch.checkpoints.len() as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Delivers `messages` through `producer` (blocking the writer thread, which is what
+/// paces it); returns the ones refused for good.
+fn deliver(
+    stats: &WriterStats,
+    producer: &CountingProducer,
+    messages: &[Outgoing<'_>],
+) -> Result<Vec<(usize, String)>, String> {
+    let refused = producer
+        .deliver(messages, &stats.retries)
+        .map_err(|e| e.to_string())?;
+    stats
+        .refused_messages
+        .fetch_add(refused.len() as u64, Ordering::Relaxed);
+    Ok(refused)
+}
+
+/// Inserts `records`, retrying transient failures; when the server refuses the insert for
+/// a reason tied to its rows, splits it in halves until the refused rows are isolated and
+/// writes every other row. Returns the refused rows (index, server message); a fatal error
+/// is returned as its text.
+async fn insert_isolating<R>(
+    d: &Destinations,
+    stats: &WriterStats,
+    table: &str,
+    records: &[R],
+) -> Result<Vec<(usize, String)>, String>
+where
+    R: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let mut refused = Vec::new();
+    let mut parts = vec![0..records.len()];
+    while let Some(part) = parts.pop() {
+        let rows = &records[part.clone()];
+        match retry(stats, table, || insert(d, table, rows)).await {
+            Ok(()) => {}
+            Err(error) if error.severity() == Severity::Rows => {
+                if part.len() == 1 {
+                    refused.push((part.start, error.to_string()));
+                } else {
+                    if part.len() == records.len() {
+                        warn!(table, rows = records.len(), %error, "an insert was refused for its rows; splitting it to isolate them");
+                    }
+                    let middle = part.start + part.len() / 2;
+                    parts.push(middle..part.end);
+                    parts.push(part.start..middle);
+                }
+            }
+            Err(failure) => return Err(failure.to_string()),
+        }
+    }
+    Ok(refused)
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
@@ -335,36 +469,14 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     }
 }
 
-/// Why one attempt failed.
-enum Failure {
-    ClickHouse(ClickHouseError),
-    Kafka(KafkaError),
-}
-
-impl Failure {
-    fn retryable(&self) -> bool {
-        match self {
-            Failure::ClickHouse(e) => e.is_retryable(),
-            Failure::Kafka(e) => e.is_retryable(),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Failure::ClickHouse(e) => e.to_string(),
-            Failure::Kafka(e) => e.to_string(),
-        }
-    }
-}
-
 /// Inserts `records` into `database.table` as one INSERT (one block: all or nothing).
-async fn insert<R>(d: &Destinations, table: &str, records: &[R]) -> Result<(), Failure>
+async fn insert<R>(d: &Destinations, table: &str, records: &[R]) -> Result<(), ClickHouseError>
 where
     R: clickhouse::RowOwned + clickhouse::RowWrite,
 {
     let qualified = format!("{}.{}", d.database, table);
     let what = format!("insert into {qualified}");
-    let fail = |e| Failure::ClickHouse(ClickHouseError::from_client(&d.url, &what, e));
+    let fail = |e| ClickHouseError::from_client(&d.url, &what, e);
     let mut insert = d
         .client
         .insert::<R>(table)
@@ -377,11 +489,16 @@ where
     insert.end().await.map_err(fail)
 }
 
-/// Runs `attempt` until it succeeds or fails for good, backing off exponentially.
-async fn retry<F, Fut>(stats: &WriterStats, what: &str, mut attempt: F) -> Result<(), String>
+/// Runs `attempt` until it succeeds or fails for a reason retrying cannot fix, backing off
+/// exponentially with jitter.
+async fn retry<F, Fut>(
+    stats: &WriterStats,
+    what: &str,
+    mut attempt: F,
+) -> Result<(), ClickHouseError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Failure>>,
+    Fut: std::future::Future<Output = Result<(), ClickHouseError>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u64;
@@ -393,16 +510,16 @@ where
                 }
                 return Ok(());
             }
-            Err(failure) if failure.retryable() => {
+            Err(failure) if failure.is_retryable() => {
                 failures += 1;
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 if failures == 1 || failures.is_power_of_two() {
-                    warn!(what, failures, retry_in = ?delay, error = %failure.text(), "write failed; retrying");
+                    warn!(what, failures, retry_in = ?delay, error = %failure, "write failed; retrying");
                 }
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(jitter(delay)).await;
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
-            Err(failure) => return Err(failure.text()),
+            Err(failure) => return Err(failure),
         }
     }
 }

@@ -72,7 +72,7 @@ async fn rows(
             serde_json::from_str(l).map_err(|e| ClickHouseError::Server {
                 what: what.to_string(),
                 detail: format!("unreadable row {l:?}: {e}"),
-                retryable: false,
+                severity: crate::clickhouse::Severity::Fatal,
             })
         })
         .collect()

@@ -65,6 +65,9 @@ pub enum Phase {
     Running,
     /// A process died; waiting out the backoff before starting all again.
     Restarting,
+    /// A process stopped on a failure no restart can fix (see `last_failure`); the
+    /// supervisor tries again only after minutes, in case a person fixed it.
+    Failed,
     /// Stopped by `job stop`.
     Stopped,
 }
@@ -203,11 +206,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Parses `--cities a,b,c`: trimmed, lowercase, non-empty; empty list = every city.
+/// Parses `--cities a,b,c`: each name trimmed of surrounding blanks and otherwise kept
+/// exactly as written (SPEC §2: case and accents count, as they do in events); non-empty;
+/// empty list = every city.
 pub fn parse_cities(values: &[String]) -> anyhow::Result<Option<BTreeSet<String>>> {
     let mut cities = BTreeSet::new();
     for value in values {
-        let city = value.trim().to_lowercase();
+        let city = value.trim().to_string();
         if city.is_empty() {
             bail!("--cities: empty city name in `{}`", values.join(","));
         }
@@ -434,4 +439,24 @@ pub fn stop(config: &Config, name: &str, wait: Duration) -> anyhow::Result<()> {
     dir.write_state(&state_now)?;
     let _ = std::fs::remove_file(dir.stop_request());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cities_are_kept_exactly_as_written() {
+        let given = ["São Paulo".to_string(), " London ".into(), "london".into()];
+        let cities = parse_cities(&given).unwrap().unwrap();
+        let expected: BTreeSet<String> = ["São Paulo", "London", "london"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(cities, expected);
+        assert!(crate::kafka::source::owns(&Some(cities.clone()), "São Paulo"));
+        assert!(!crate::kafka::source::owns(&Some(cities), "são paulo"));
+        assert!(parse_cities(&[" ".into()]).is_err());
+        assert_eq!(parse_cities(&[]).unwrap(), None);
+    }
 }

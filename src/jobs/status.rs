@@ -27,6 +27,8 @@ pub struct JobRow {
     /// Messages of ride-events the job has not yet read and written (by its checkpoints),
     /// if known.
     pub lag: Option<i64>,
+    /// Why the job is in phase `failed` (the process's `fatal:` line), if it is.
+    pub failure: Option<String>,
 }
 
 /// Every job in the state directory.
@@ -44,7 +46,12 @@ pub fn list(config: &Config) -> Vec<JobRow> {
                 .unwrap_or_default(),
             _ => "lost".to_string(),
         };
+        let failure = state
+            .as_ref()
+            .filter(|s| s.phase == Phase::Failed)
+            .and_then(|s| s.last_failure.clone());
         rows.push(JobRow {
+            failure,
             watermark: watermark(config, &spec.group),
             lag: lag(config, &spec.group),
             restarts: state.as_ref().map_or(0, |s| s.restarts),

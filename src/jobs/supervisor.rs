@@ -7,6 +7,11 @@
 //! checkpoints, behind which everything is durable, so a restart loses and doubles nothing.
 //! It records its phase, the pids and the restart count in `state.json` for `job list`, and
 //! stops everything when `job stop` leaves a stop request.
+//!
+//! A process that exits with [`FATAL_EXIT_CODE`] stopped on a failure no restart can fix
+//! (disk full, credentials, schema): the job goes to phase `failed` with the process's
+//! `fatal:` line as the reason in `job list`, and the next attempt waits 1 minute, doubling
+//! to 15, instead of looping every few seconds.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,9 +22,13 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use super::{signal, unix_now, JobDir, JobSpec, JobState, Phase};
+use crate::job::FATAL_EXIT_CODE;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The first wait after a fatal failure, and the longest.
+const FATAL_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_FATAL_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Running this long without a failure resets the backoff.
 const HEALTHY: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
@@ -80,9 +89,16 @@ pub fn supervise(dir: &JobDir) -> anyhow::Result<()> {
         };
         kill_all(&mut members);
         let Some(failure) = failure else { break };
-        warn!(job = %spec.name, %failure, ?backoff, "a process died; restarting all of them from the checkpoints");
         state.restarts += 1;
-        state.phase = Phase::Restarting;
+        if let Some(reason) = &failure.fatal {
+            backoff = backoff.clamp(FATAL_BACKOFF, MAX_FATAL_BACKOFF);
+            warn!(job = %spec.name, %reason, ?backoff, "a process stopped on a failure no restart can fix; trying again after the backoff");
+            state.phase = Phase::Failed;
+        } else {
+            warn!(job = %spec.name, failure = %failure.text, ?backoff, "a process died; restarting all of them from the checkpoints");
+            state.phase = Phase::Restarting;
+        }
+        let failure = failure.fatal.unwrap_or(failure.text);
         state.pids.clear();
         state.last_failure = Some(failure);
         state.since = unix_now();
@@ -91,7 +107,12 @@ pub fn supervise(dir: &JobDir) -> anyhow::Result<()> {
         while Instant::now() < until && !dir.stop_request().exists() {
             std::thread::sleep(POLL);
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let most = if state.phase == Phase::Failed {
+            MAX_FATAL_BACKOFF
+        } else {
+            MAX_BACKOFF
+        };
+        backoff = (backoff * 2).min(most);
     }
     state.phase = Phase::Stopped;
     state.pids.clear();
@@ -145,27 +166,49 @@ fn start_all(dir: &JobDir, spec: &JobSpec, exe: &std::path::Path) -> anyhow::Res
     Ok(members)
 }
 
+/// Why a member exited.
+struct Exit {
+    /// The exit described.
+    text: String,
+    /// For a fatal exit, the process's `fatal:` line.
+    fatal: Option<String>,
+}
+
 /// The first member that has exited, described.
-fn exited(members: &mut [Member]) -> Option<String> {
+fn exited(members: &mut [Member]) -> Option<Exit> {
     for (index, member) in members.iter_mut().enumerate() {
         if let Ok(Some(status)) = member.child.try_wait() {
-            return Some(format!(
+            let text = format!(
                 "process {index} (pid {}) exited: {status}",
                 member.child.id()
-            ));
+            );
+            let fatal = (status.code() == Some(FATAL_EXIT_CODE)).then(|| {
+                let line = own_log(member)
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("fatal: ").map(str::to_string))
+                    .unwrap_or_else(|| "a failure no restart can fix (see the log)".into());
+                format!("process {index}: {line}")
+            });
+            return Some(Exit { text, fatal });
         }
     }
     None
 }
 
+/// What the member's process wrote to its log so far.
+fn own_log(member: &Member) -> String {
+    let mut text = String::new();
+    let _ = File::open(&member.log).and_then(|mut f| {
+        f.seek(SeekFrom::Start(member.log_start))?;
+        f.read_to_string(&mut text)
+    });
+    text
+}
+
 fn all_connected(members: &mut [Member]) -> bool {
     for member in members.iter_mut().filter(|m| !m.connected) {
-        let mut text = String::new();
-        let read = File::open(&member.log).and_then(|mut f| {
-            f.seek(SeekFrom::Start(member.log_start))?;
-            f.read_to_string(&mut text)
-        });
-        member.connected = read.is_ok() && text.contains(CONNECTED);
+        member.connected = own_log(member).contains(CONNECTED);
     }
     members.iter().all(|m| m.connected)
 }

@@ -63,9 +63,54 @@ pub enum KafkaError {
         /// The first failure's reason.
         first_error: String,
     },
+    /// The broker refused writes for a reason no retry can fix (authorization, a fatal
+    /// idempotence error): the job stops and says so.
+    #[error("writing to `{topic}` failed for good: {detail} (check the topic's ACLs and the broker; retrying cannot help)")]
+    Fatal {
+        /// The topic.
+        topic: String,
+        /// librdkafka's reason.
+        detail: String,
+    },
     /// Any other client error.
     #[error("kafka client error: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+}
+
+/// What to do about a failed delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient (broker restarting, leader moving, timeouts): send the message again.
+    Retry,
+    /// The broker will never take this message (too large, invalid): record it and go on.
+    Refuse,
+    /// No message will be taken (authorization, fatal producer state): stop the job.
+    Fatal,
+}
+
+/// Classifies a delivery error code. Unknown codes are retried: librdkafka marks most
+/// broker errors retriable, and a stuck retry shows in the logs and the backpressure.
+pub fn delivery_disposition(code: rdkafka::types::RDKafkaErrorCode) -> Disposition {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat => Disposition::Refuse,
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication
+        | C::InvalidRequiredAcks
+        | C::InvalidTopic
+        | C::PolicyViolation
+        | C::Fatal => Disposition::Fatal,
+        _ => Disposition::Retry,
+    }
 }
 
 impl KafkaError {
@@ -84,6 +129,7 @@ impl KafkaError {
                         | rdkafka::types::RDKafkaErrorCode::QueueFull
                 )
             ),
+            KafkaError::Fatal { .. } => false,
             _ => false,
         }
     }

@@ -66,6 +66,9 @@ pub fn producer(brokers: &str, client_id: &str) -> ClientConfig {
     config
         // a message is delivered only once every in-sync replica has it.
         .set("acks", "all")
+        // librdkafka's retries neither duplicate nor reorder a partition's messages, so a
+        // retried ride event cannot change which events are late (needs acks=all).
+        .set("enable.idempotence", "true")
         // SPEC §1 stores topics lz4-compressed; compressing in the client saves bandwidth.
         .set("compression.type", "lz4")
         // wait up to 50 ms to fill batches: throughput at a bounded freshness cost.

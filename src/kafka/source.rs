@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataflows::event::RideEvent;
+use dataflows::event::{check_not_ahead, EventError, RideEvent};
 use dataflows::partitioned_source::{minute_of, EventStamper, SourcedEvent};
 use dataflows::watermark::{LocalMarks, MarksBoard, MarksPost, WatermarkTracker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -79,6 +79,9 @@ pub struct SourceConfig {
     pub allowed_lateness: Duration,
     /// SPEC §3's idle timeout.
     pub idle_timeout: Duration,
+    /// SPEC §2's `max_future`: how far an event time may be ahead of its message's
+    /// timestamp before the event is a dead letter.
+    pub max_future: Duration,
     /// Stop at the end offsets that exist at start.
     pub until_end: bool,
     /// Window length in minutes (how far back open windows reach).
@@ -162,10 +165,38 @@ pub struct SourceCounters {
     pub late: AtomicU64,
     /// Messages that were not valid events (sent to the dead-letter topic).
     pub invalid: AtomicU64,
+    /// The same, by [`EventError::reason`] (in the order of [`EventError::REASONS`]).
+    pub invalid_by_reason: [AtomicU64; EventError::REASONS.len()],
+    /// Messages a restarted job could not read because retention deleted them after its
+    /// checkpoint (the windows they belonged to are final from fewer events).
+    pub retention_gap: AtomicU64,
     /// Messages re-read after a restart that were already written.
     pub replayed: AtomicU64,
     /// Valid events of cities this job does not own (read, not counted).
     pub other_cities: AtomicU64,
+}
+
+impl SourceCounters {
+    /// Counts an invalid message under its reason; returns how many came before it (for
+    /// logging the first few and then every power of two).
+    pub fn count_invalid(&self, error: &EventError) -> u64 {
+        if let Some(index) = EventError::REASONS.iter().position(|r| *r == error.reason()) {
+            self.invalid_by_reason[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The non-zero invalid counts by reason, as `reason:count,...` (empty when none).
+    pub fn invalid_by_reason_text(&self) -> String {
+        EventError::REASONS
+            .iter()
+            .zip(&self.invalid_by_reason)
+            .map(|(reason, count)| (reason, count.load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .map(|(reason, count)| format!("{reason}:{count}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// What the sources of a process share with each other and the job.
@@ -260,6 +291,11 @@ pub fn kafka_source<'scope>(
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
         let checkpoint = shared.resume.partitions.get(&(partition as u32));
         let start = checkpoint.map_or(low, |c| c.next_offset.max(low));
+        if let Some(gap) = checkpoint.map(|c| low - c.next_offset).filter(|gap| *gap > 0) {
+            // Never silent: the open windows of the checkpoint lose these messages.
+            warn!(worker, partition, checkpoint = checkpoint.map(|c| c.next_offset), low, lost = gap, topic = %config.topic, "retention deleted messages after the job's checkpoint; resuming at the oldest retained offset (windows those messages belonged to end with fewer events; their complete final rows, if written, are kept)");
+            shared.counters.retention_gap.fetch_add(gap as u64, Ordering::Relaxed);
+        }
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(start))?;
         let written_to = checkpoint.map_or(start, |c| c.written_to.max(start));
         owned.push(OwnedPartition {
@@ -316,6 +352,7 @@ pub fn kafka_source<'scope>(
         let mut checkpoint_in_flight: Option<(Ticket, TopicPartitionList)> = None;
         let mut finals_posted = false;
         let counters = shared.counters.clone();
+        let max_future_ms = config.max_future.as_millis() as i64;
         move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
@@ -349,7 +386,12 @@ pub fn kafka_source<'scope>(
                 let rewrite = offset >= slot.written_to;
                 // Whether the message goes to the ingest sink (which reports it durable).
                 let mut handed = rewrite;
-                match RideEvent::parse(message.payload().unwrap_or_default()) {
+                let payload = message.payload().unwrap_or_default();
+                let parsed = RideEvent::parse(payload).and_then(|event| {
+                    check_not_ahead(event.timestamp, message.timestamp().to_millis(), max_future_ms)?;
+                    Ok(event)
+                });
+                match parsed {
                     Ok(event) => {
                         let before = stamper.tracker.max_ms(partition as u32);
                         let (capability, sourced) = stamper.stamp(partition as u32, offset as u64, event, now);
@@ -376,19 +418,19 @@ pub fn kafka_source<'scope>(
                         }
                     }
                     Err(error) => {
-                        let count = counters.invalid.fetch_add(1, Ordering::Relaxed);
+                        let count = counters.count_invalid(&error);
                         if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, %error, invalid_so_far = count + 1, to_dead_letters = config.dead_letters, "invalid message");
+                            warn!(worker, partition, offset, %error, reason = error.reason(), invalid_so_far = count + 1, to_dead_letters = config.dead_letters, "invalid message");
                         }
                         handed &= config.dead_letters;
                         if handed {
-                            let dead = DeadLetter {
-                                partition: partition as u32,
-                                offset: offset as u64,
-                                key: message.key().map(<[u8]>::to_vec),
-                                payload: message.payload().unwrap_or_default().to_vec(),
-                                error: error.to_string(),
-                            };
+                            let dead = DeadLetter::invalid(
+                                partition as u32,
+                                offset as u64,
+                                message.key().map(<[u8]>::to_vec),
+                                payload.to_vec(),
+                                &error,
+                            );
                             let held = stamper.capability().expect("held while reading");
                             output.session(held).give(Ingested::Dead(dead));
                         }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dataflows::event::{EventType, RideEvent};
-use dataflows::metrics_row::{CityMetricsRow, FINAL_VERSION};
+use dataflows::metrics_row::{final_version, CityMetricsRow};
 
 #[derive(Default, Debug)]
 pub struct Expected {
@@ -63,7 +63,7 @@ pub fn assert_final_rows_match<'a>(
 ) -> BTreeMap<(i64, String), &'a CityMetricsRow> {
     let mut finals: BTreeMap<(i64, String), &CityMetricsRow> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.is_final == 1) {
-        assert_eq!(row.version, FINAL_VERSION);
+        assert_eq!(row.version, final_version(row.total_events));
         let key = (row.window_start.0, row.city.clone());
         assert!(
             finals.insert(key.clone(), row).is_none(),
