@@ -37,12 +37,17 @@ pub struct JobConfig {
     /// How often each worker writes its partitions' resume checkpoints (and commits the
     /// offsets): shorter means less to re-read after a crash, more small ClickHouse inserts.
     pub checkpoint_interval_ms: u64,
+    /// Watermark alignment: a partition whose event time runs this far ahead of the job's
+    /// watermark is paused until the others catch up (0 turns it off), so windows close
+    /// progressively during a catch-up and the checkpoints' resume point advances.
+    pub max_drift_secs: u64,
 }
 
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
             checkpoint_interval_ms: 1000,
+            max_drift_secs: 300,
         }
     }
 }

@@ -190,6 +190,7 @@ pub fn run<W: Write + Send + 'static>(
         until_end: options.until_end,
         window_length_minutes: config.window.length_minutes,
         checkpoint_interval: Duration::from_millis(config.job.checkpoint_interval_ms),
+        max_drift: Duration::from_secs(config.job.max_drift_secs),
         cities: options.cities.clone(),
         dead_letters: options.dead_letters,
     };

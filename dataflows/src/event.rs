@@ -253,7 +253,9 @@ pub enum EventError {
         reason: String,
     },
     /// `timestamp` is before 2000-01-01 or after 2100-01-01.
-    #[error("field `timestamp`: {0} is not a plausible event time (allowed: 2000-01-01 to 2100-01-01)")]
+    #[error(
+        "field `timestamp`: {0} is not a plausible event time (allowed: 2000-01-01 to 2100-01-01)"
+    )]
     ImplausibleTime(Timestamp),
     /// `timestamp` is further ahead of the Kafka message's own timestamp than `max_future`.
     #[error("field `timestamp`: {event} is {ahead_ms} ms ahead of its Kafka message's timestamp {message} (at most {max_future_ms} ms allowed)")]
@@ -385,7 +387,10 @@ lenient_visitor!(f64, "any JSON value", {
         Ok(Lenient(None))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
         Ok(Lenient(None))
     }
 });
@@ -426,12 +431,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Lenient<Cow<'a, str>> {
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 d.deserialize_any(V(std::marker::PhantomData))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(Lenient(None))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
                 Ok(Lenient(None))
             }
         }
@@ -934,7 +948,11 @@ mod tests {
         for fare in ["0", "1000000", "0.5"] {
             assert!(RideEvent::parse(with("estimated_fare", fare).as_bytes()).is_ok());
         }
-        for text in ["1999-12-31T23:59:59.999Z", "2100-01-01T00:00:00.001Z", "0001-01-01T00:00:00"] {
+        for text in [
+            "1999-12-31T23:59:59.999Z",
+            "2100-01-01T00:00:00.001Z",
+            "0001-01-01T00:00:00",
+        ] {
             let error =
                 RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes()).unwrap_err();
             assert_eq!(error.reason(), "implausible_time", "{text}: {error}");
@@ -949,26 +967,49 @@ mod tests {
         let hour = 3_600_000;
         assert_eq!(check_not_ahead(Timestamp(T), Some(T), hour), Ok(()));
         assert_eq!(check_not_ahead(Timestamp(T + hour), Some(T), hour), Ok(()));
-        assert_eq!(check_not_ahead(Timestamp(T - 10 * hour), Some(T), hour), Ok(()));
-        assert_eq!(check_not_ahead(Timestamp(T + 100 * hour), None, hour), Ok(()));
+        assert_eq!(
+            check_not_ahead(Timestamp(T - 10 * hour), Some(T), hour),
+            Ok(())
+        );
+        assert_eq!(
+            check_not_ahead(Timestamp(T + 100 * hour), None, hour),
+            Ok(())
+        );
         let error = check_not_ahead(Timestamp(T + hour + 1), Some(T), hour).unwrap_err();
         assert_eq!(error.reason(), "future_time");
-        assert!(error.to_string().contains("ahead of its Kafka message"), "{error}");
+        assert!(
+            error.to_string().contains("ahead of its Kafka message"),
+            "{error}"
+        );
     }
 
     #[test]
     fn every_reason_is_listed() {
         let errors = [
             EventError::NotJson(String::new()),
-            EventError::WrongType { field: String::new(), reason: String::new() },
+            EventError::WrongType {
+                field: String::new(),
+                reason: String::new(),
+            },
             EventError::Missing("x"),
             EventError::Empty("x"),
-            EventError::TooLong { field: "x", bytes: 0 },
+            EventError::TooLong {
+                field: "x",
+                bytes: 0,
+            },
             EventError::UnknownEventType(String::new()),
             EventError::BadTimestamp(TimestampError(String::new())),
-            EventError::OutOfRange { field: "x", reason: String::new() },
+            EventError::OutOfRange {
+                field: "x",
+                reason: String::new(),
+            },
             EventError::ImplausibleTime(Timestamp(0)),
-            EventError::FutureTime { event: Timestamp(0), message: Timestamp(0), ahead_ms: 0, max_future_ms: 0 },
+            EventError::FutureTime {
+                event: Timestamp(0),
+                message: Timestamp(0),
+                ahead_ms: 0,
+                max_future_ms: 0,
+            },
         ];
         let reasons: Vec<_> = errors.iter().map(EventError::reason).collect();
         assert_eq!(reasons, EventError::REASONS);
@@ -1009,7 +1050,11 @@ mod tests {
         assert_eq!(lon.unwrap(), location);
         for (from, to, reason) in [
             ("48.7", "91", "out_of_range"),
-            ("2026-11-23T10:00:01.250", "2150-01-01T00:00:00", "implausible_time"),
+            (
+                "2026-11-23T10:00:01.250",
+                "2150-01-01T00:00:00",
+                "implausible_time",
+            ),
             ("\"driver-1\"", "\"\"", "empty_field"),
             ("\"lat\": 48.7, ", "", "missing_field"),
         ] {

@@ -98,6 +98,16 @@ impl WatermarkTracker {
         clock.at_end = at_end;
     }
 
+    /// The job's watermark as last published (see [`WatermarkTracker::advance_to`]).
+    pub fn published_ms(&self) -> Option<i64> {
+        self.published_ms
+    }
+
+    /// The allowed lateness in milliseconds.
+    pub fn lateness_ms(&self) -> i64 {
+        self.lateness_ms
+    }
+
     /// The partition will deliver nothing more.
     pub fn finish(&mut self, partition: u32) {
         if let Some(clock) = self.partitions.get_mut(&partition) {

@@ -143,7 +143,9 @@ fn classify_response(detail: &str) -> Severity {
     // 70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA,
     // 131 TOO_LARGE_STRING_SIZE, 321 VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE,
     // 395 FUNCTION_THROW_IF_VALUE_IS_NON_ZERO, 469 VIOLATED_CONSTRAINT.
-    const ROWS: [u32; 15] = [6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 469];
+    const ROWS: [u32; 15] = [
+        6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 321, 395, 469,
+    ];
     match exception_code(detail) {
         // 252 is also TOO_MANY_PARTITIONS ("Too many partitions for single INSERT block"):
         // a batch spanning more partitions than the server allows is split, not retried.

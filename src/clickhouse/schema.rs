@@ -179,7 +179,8 @@ pub fn create_table(database: &str, table: &str, features: Features) -> String {
 
 /// Columns added after a table's first release: `migrate` adds them to tables made by an
 /// older ridepulse (table, column, type, the column it follows).
-const ADDED_COLUMNS: [(&str, &str, &str, &str); 1] = [("dead_letters", "reason", "String", "error")];
+const ADDED_COLUMNS: [(&str, &str, &str, &str); 1] =
+    [("dead_letters", "reason", "String", "error")];
 
 /// Every statement `migrate` runs, in order.
 pub fn statements(database: &str, features: Features) -> Vec<String> {
@@ -225,7 +226,11 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Migration, ClickHouseE
             "SELECT count() FROM system.columns WHERE database = '{}' AND table = '{table}' AND name = '{column}'",
             config.database.replace('\'', "\\'")
         );
-        if query_text(&client, &config.url, &sql, "TabSeparated").await?.trim() == "0" {
+        if query_text(&client, &config.url, &sql, "TabSeparated")
+            .await?
+            .trim()
+            == "0"
+        {
             let alter = format!(
                 "ALTER TABLE {}.{table} ADD COLUMN {column} {ty} AFTER {after}",
                 config.database

@@ -286,10 +286,9 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
             .map(|e| EventRecord::new(e, d.layout.events_ms, now_ms))
             .collect();
         let rejected = insert_isolating(d, stats, "ride_events", &records).await?;
-        stats.events.fetch_add(
-            (records.len() - rejected.len()) as u64,
-            Ordering::Relaxed,
-        );
+        stats
+            .events
+            .fetch_add((records.len() - rejected.len()) as u64, Ordering::Relaxed);
         stats
             .rejected_events
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);

@@ -214,7 +214,11 @@ impl CountingProducer {
     /// (too large, invalid) is returned in [`Refused`] for the caller to record; a failure
     /// no retry can fix (authorization, a fatal idempotence error) is an error. `retried`
     /// counts the re-sent messages.
-    pub fn deliver(&self, messages: &[Outgoing<'_>], retried: &AtomicU64) -> Result<Refused, KafkaError> {
+    pub fn deliver(
+        &self,
+        messages: &[Outgoing<'_>],
+        retried: &AtomicU64,
+    ) -> Result<Refused, KafkaError> {
         let mut pending: Vec<usize> = (0..messages.len()).collect();
         let mut refused = Refused::new();
         let mut backoff = Duration::from_millis(100);
@@ -226,9 +230,16 @@ impl CountingProducer {
                 round.state.lock().expect("not poisoned").unconfirmed += 1;
                 let message = &messages[index];
                 let tracked = Box::new(Some((round.clone(), index)));
-                if let Err(error) = self.send_tracked(message.key, message.payload, message.headers.clone(), tracked) {
+                if let Err(error) = self.send_tracked(
+                    message.key,
+                    message.payload,
+                    message.headers.clone(),
+                    tracked,
+                ) {
                     // Refused before it was queued (e.g. larger than message.max.bytes).
-                    let KafkaError::Client(error) = error else { return Err(error) };
+                    let KafkaError::Client(error) = error else {
+                        return Err(error);
+                    };
                     round.report(index, Some(error));
                 }
             }
@@ -237,7 +248,10 @@ impl CountingProducer {
             let failures = std::mem::take(&mut round.state.lock().expect("not poisoned").failures);
             pending.clear();
             for (index, error) in failures {
-                match error.rdkafka_error_code().map_or(Disposition::Retry, delivery_disposition) {
+                match error
+                    .rdkafka_error_code()
+                    .map_or(Disposition::Retry, delivery_disposition)
+                {
                     Disposition::Retry => pending.push(index),
                     Disposition::Refuse => refused.push((index, error.to_string())),
                     Disposition::Fatal => {

@@ -88,6 +88,9 @@ pub struct SourceConfig {
     pub window_length_minutes: u64,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
+    /// Watermark alignment: how far a partition's mark may run ahead of the job's watermark
+    /// before it is paused (zero: never).
+    pub max_drift: Duration,
     /// Only events of these cities go downstream (`None`: every city). Lateness and the
     /// watermark still see every event of a partition, so a job per city set computes
     /// exactly the rows an all-cities job computes for those cities.
@@ -180,7 +183,10 @@ impl SourceCounters {
     /// Counts an invalid message under its reason; returns how many came before it (for
     /// logging the first few and then every power of two).
     pub fn count_invalid(&self, error: &EventError) -> u64 {
-        if let Some(index) = EventError::REASONS.iter().position(|r| *r == error.reason()) {
+        if let Some(index) = EventError::REASONS
+            .iter()
+            .position(|r| *r == error.reason())
+        {
             self.invalid_by_reason[index].fetch_add(1, Ordering::Relaxed);
         }
         self.invalid.fetch_add(1, Ordering::Relaxed)
@@ -231,6 +237,8 @@ struct OwnedPartition {
     /// Per event minute (of on-time events), the first offset and the partition's clock
     /// just before it: where to resume so that every open window can be rebuilt.
     rebuild: BTreeMap<u64, (i64, Option<i64>)>,
+    /// Paused by watermark alignment (too far ahead of the job's watermark).
+    paused: bool,
 }
 
 impl OwnedPartition {
@@ -291,10 +299,16 @@ pub fn kafka_source<'scope>(
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
         let checkpoint = shared.resume.partitions.get(&(partition as u32));
         let start = checkpoint.map_or(low, |c| c.next_offset.max(low));
-        if let Some(gap) = checkpoint.map(|c| low - c.next_offset).filter(|gap| *gap > 0) {
+        if let Some(gap) = checkpoint
+            .map(|c| low - c.next_offset)
+            .filter(|gap| *gap > 0)
+        {
             // Never silent: the open windows of the checkpoint lose these messages.
             warn!(worker, partition, checkpoint = checkpoint.map(|c| c.next_offset), low, lost = gap, topic = %config.topic, "retention deleted messages after the job's checkpoint; resuming at the oldest retained offset (windows those messages belonged to end with fewer events; their complete final rows, if written, are kept)");
-            shared.counters.retention_gap.fetch_add(gap as u64, Ordering::Relaxed);
+            shared
+                .counters
+                .retention_gap
+                .fetch_add(gap as u64, Ordering::Relaxed);
         }
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(start))?;
         let written_to = checkpoint.map_or(start, |c| c.written_to.max(start));
@@ -308,6 +322,7 @@ pub fn kafka_source<'scope>(
             written_to,
             sent: start,
             rebuild: BTreeMap::new(),
+            paused: false,
         });
     }
     consumer.assign(&assignment)?;
@@ -353,6 +368,7 @@ pub fn kafka_source<'scope>(
         let mut finals_posted = false;
         let counters = shared.counters.clone();
         let max_future_ms = config.max_future.as_millis() as i64;
+        let max_drift_ms = config.max_drift.as_millis() as i64;
         move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
@@ -547,6 +563,9 @@ pub fn kafka_source<'scope>(
                 info!(worker, "source finished");
                 return;
             }
+            if max_drift_ms > 0 {
+                align(&consumer, &config.topic, &mut owned, &stamper, max_drift_ms, worker);
+            }
             if handled == MAX_MESSAGES_PER_ACTIVATION {
                 activator.activate();
             } else {
@@ -564,6 +583,62 @@ pub fn kafka_source<'scope>(
             });
         });
     Ok(stream)
+}
+
+/// Watermark alignment (as Flink's): pauses every owned partition whose mark (largest event
+/// time minus the allowed lateness) runs more than `max_drift_ms` ahead of the job's
+/// watermark, and resumes it once it is within half of that. Brokers that answer a fetch
+/// with one partition's large chunk (Tansu) would otherwise deliver a catch-up partition by
+/// partition, holding the watermark (the minimum) still until the last one arrives; paused,
+/// the leaders wait and the laggards are fetched, so windows close progressively and the
+/// checkpoints' resume point advances. The partition holding the watermark is never ahead
+/// of it, so alignment cannot stall the job; finished and idle partitions do not hold it.
+fn align(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &str,
+    owned: &mut [OwnedPartition],
+    stamper: &EventStamper,
+    max_drift_ms: i64,
+    worker: usize,
+) {
+    let Some(watermark) = stamper.tracker.published_ms() else {
+        return;
+    };
+    let lateness = stamper.tracker.lateness_ms();
+    // A finished partition is paused for good by the read loop.
+    for slot in owned.iter_mut().filter(|s| !s.finished) {
+        let ahead = stamper
+            .tracker
+            .max_ms(slot.partition as u32)
+            .map_or(0, |max| max - lateness - watermark);
+        let pause = !slot.paused && ahead > max_drift_ms;
+        let resume = slot.paused && ahead <= max_drift_ms / 2;
+        if !pause && !resume {
+            continue;
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, slot.partition);
+        let result = if pause {
+            consumer.pause(&list)
+        } else {
+            consumer.resume(&list)
+        };
+        match result {
+            Ok(()) => {
+                slot.paused = pause;
+                tracing::debug!(
+                    worker,
+                    partition = slot.partition,
+                    ahead_ms = ahead,
+                    paused = pause,
+                    "watermark alignment"
+                );
+            }
+            Err(error) => {
+                warn!(worker, partition = slot.partition, %error, "cannot pause or resume a partition for watermark alignment")
+            }
+        }
+    }
 }
 
 /// The high watermark librdkafka cached from the last fetch response for a partition, with
