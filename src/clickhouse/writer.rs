@@ -438,21 +438,22 @@ where
     R: clickhouse::RowOwned + clickhouse::RowWrite,
 {
     let mut refused = Vec::new();
-    let mut parts = vec![0..records.len()];
-    while let Some(part) = parts.pop() {
-        let rows = &records[part.clone()];
+    // Parts still to insert, as (start, end) of `records`.
+    let mut parts = vec![(0, records.len())];
+    while let Some((start, end)) = parts.pop() {
+        let rows = &records[start..end];
         match retry(stats, table, || insert(d, table, rows)).await {
             Ok(()) => {}
             Err(error) if error.severity() == Severity::Rows => {
-                if part.len() == 1 {
-                    refused.push((part.start, error.to_string()));
+                if end - start == 1 {
+                    refused.push((start, error.to_string()));
                 } else {
-                    if part.len() == records.len() {
+                    if end - start == records.len() {
                         warn!(table, rows = records.len(), %error, "an insert was refused for its rows; splitting it to isolate them");
                     }
-                    let middle = part.start + part.len() / 2;
-                    parts.push(middle..part.end);
-                    parts.push(part.start..middle);
+                    let middle = start + (end - start) / 2;
+                    parts.push((middle, end));
+                    parts.push((start, middle));
                 }
             }
             Err(failure) => return Err(failure.to_string()),
