@@ -442,7 +442,11 @@ fn a_job_fatal_error_stops_the_job_once_and_the_supervisor_backs_off() {
         "{stderr}"
     );
 
-    bad.run(&["job", "submit", "--name", "fatal", "--all-cities"]);
+    // `job submit` says so at once instead of waiting for the processes to connect.
+    let submit = bad.try_run(&["job", "submit", "--name", "fatal", "--all-cities"]);
+    let said = String::from_utf8_lossy(&submit.stderr);
+    assert!(!submit.status.success());
+    assert!(said.contains("job fatal failed: process 0:") && said.contains("nobody_at_all"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let failed_line = loop {
         let list = bad.run(&["job", "list"]);

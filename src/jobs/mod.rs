@@ -375,6 +375,15 @@ pub fn submit(config: &Config, request: &SubmitRequest) -> anyhow::Result<JobSpe
         if state.as_ref().is_some_and(|s| s.phase == Phase::Running) {
             return Ok(spec);
         }
+        if let Some(failure) = state
+            .as_ref()
+            .filter(|s| s.phase == Phase::Failed)
+            .and_then(|s| s.last_failure.as_ref())
+        {
+            bail!(
+                "job {name} failed: {failure} (the supervisor tries again after a backoff; fix the cause, or `ridepulse job stop {name}`)"
+            );
+        }
         if !pid_alive(child.id()) {
             bail!(
                 "job {name}: the supervisor exited; see {}",
