@@ -97,6 +97,11 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Replication factor for the topics we create: 3 in production, 1 on a local broker.
     pub replication_factor: i32,
+    /// Idempotent producers (`enable.idempotence`): a retry neither duplicates nor reorders
+    /// a partition's messages. Off only for brokers whose idempotent path is broken (Tansu
+    /// 0.6.0's sqlite engine panics in it under load, docs/local-broker.md); producers then
+    /// keep one request in flight per connection, so retries still cannot reorder.
+    pub idempotence: bool,
 }
 
 impl Default for KafkaConfig {
@@ -104,6 +109,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             replication_factor: 1,
+            idempotence: true,
         }
     }
 }

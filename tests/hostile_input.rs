@@ -200,7 +200,7 @@ fn a_quarter_of_invalid_messages_is_dead_lettered_once_and_the_valid_rest_is_exa
     // What the broker needs to accept 100,000 dead-letter-like writes (with headers).
     let scratch = format!("{}-scratch", mixed_ns.config.topics.dead_letters);
     let producer =
-        CountingProducer::new(&mixed_ns.config.kafka.brokers, &scratch, "it-scratch").unwrap();
+        CountingProducer::new(&mixed_ns.config.kafka, &scratch, "it-scratch").unwrap();
     let started = Instant::now();
     for (i, line) in mixed.iter().skip(3).step_by(4).enumerate() {
         let headers = rdkafka::message::OwnedHeaders::new()

@@ -613,7 +613,7 @@ impl Bench {
         simulator: &mut Child,
     ) -> anyhow::Result<Vec<(f64, Option<f64>)>> {
         let producer = crate::kafka::producer::CountingProducer::new(
-            &config.kafka.brokers,
+            &config.kafka,
             &config.topics.ride_events,
             "ridepulse-bench-probe",
         )?;

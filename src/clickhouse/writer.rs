@@ -183,12 +183,12 @@ impl Writer {
             database: config.clickhouse.database.clone(),
             layout,
             aggregated: CountingProducer::new(
-                &config.kafka.brokers,
+                &config.kafka,
                 &config.topics.aggregated,
                 &format!("{client_id}-aggregated"),
             )?,
             dead_letters: CountingProducer::new(
-                &config.kafka.brokers,
+                &config.kafka,
                 &config.topics.dead_letters,
                 &format!("{client_id}-dlq"),
             )?,

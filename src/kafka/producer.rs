@@ -22,6 +22,7 @@ use rdkafka::ClientContext;
 use tracing::warn;
 
 use super::{delivery_disposition, settings, Disposition, KafkaError};
+use crate::config::KafkaConfig;
 
 /// Messages [`CountingProducer::deliver`] keeps unconfirmed at once: enough to fill the
 /// producer's batches, few enough that a slow broker is never flooded.
@@ -143,15 +144,15 @@ pub struct CountingProducer {
 }
 
 impl CountingProducer {
-    /// A producer to `topic` on `brokers`.
+    /// A producer to `topic` on the broker `kafka` names.
     pub fn new(
-        brokers: &str,
+        kafka: &KafkaConfig,
         topic: &str,
         client_id: &str,
     ) -> Result<CountingProducer, KafkaError> {
         let stats = Arc::new(DeliveryStats::default());
-        let producer =
-            settings::producer(brokers, client_id).create_with_context(CountingContext {
+        let producer = settings::producer(&kafka.brokers, client_id, kafka.idempotence)
+            .create_with_context(CountingContext {
                 stats: stats.clone(),
             })?;
         Ok(CountingProducer {

@@ -60,15 +60,22 @@ pub fn admin(brokers: &str) -> ClientConfig {
     base(brokers, "ridepulse-admin")
 }
 
-/// For producers of ride events, locations, aggregates and dead letters.
-pub fn producer(brokers: &str, client_id: &str) -> ClientConfig {
+/// For producers of ride events, locations, aggregates and dead letters (`idempotent`:
+/// `[kafka] idempotence`).
+pub fn producer(brokers: &str, client_id: &str, idempotent: bool) -> ClientConfig {
     let mut config = base(brokers, client_id);
+    if idempotent {
+        // librdkafka's retries neither duplicate nor reorder a partition's messages, so a
+        // retried ride event cannot change which events are late (needs acks=all).
+        config.set("enable.idempotence", "true");
+    } else {
+        // without idempotence, one request in flight per connection is what keeps a retry
+        // from overtaking the messages sent after it (it may still duplicate).
+        config.set("max.in.flight.requests.per.connection", "1");
+    }
     config
         // a message is delivered only once every in-sync replica has it.
         .set("acks", "all")
-        // librdkafka's retries neither duplicate nor reorder a partition's messages, so a
-        // retried ride event cannot change which events are late (needs acks=all).
-        .set("enable.idempotence", "true")
         // SPEC §1 stores topics lz4-compressed; compressing in the client saves bandwidth.
         .set("compression.type", "lz4")
         // wait up to 50 ms to fill batches: throughput at a bounded freshness cost.

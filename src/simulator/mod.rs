@@ -116,9 +116,13 @@ pub fn to_file(world: WorldConfig, stop: Stop, path: &Path) -> anyhow::Result<Su
 pub fn to_kafka(config: &Config, world: WorldConfig, stop: Stop) -> anyhow::Result<Summary> {
     let brokers = &config.kafka.brokers;
     crate::kafka::topics::fetch_metadata(brokers, None)?;
-    let rides = CountingProducer::new(brokers, &config.topics.ride_events, "ridepulse-simulator")?;
+    let rides = CountingProducer::new(
+        &config.kafka,
+        &config.topics.ride_events,
+        "ridepulse-simulator",
+    )?;
     let locations = CountingProducer::new(
-        brokers,
+        &config.kafka,
         &config.topics.driver_locations,
         "ridepulse-simulator-locations",
     )?;
@@ -199,7 +203,8 @@ pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
     let file =
         File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let producer = CountingProducer::new(brokers, &config.topics.ride_events, "ridepulse-replay")?;
+    let producer =
+        CountingProducer::new(&config.kafka, &config.topics.ride_events, "ridepulse-replay")?;
     let bar = progress(length, "bytes");
     let started = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 20, file);
