@@ -453,11 +453,14 @@ pub fn location(message: &Read) -> Expect {
     field(e, doc, "timestamp", timestamp_field);
     field(e, doc, "city", |v| required_text("city", v));
     field(e, doc, "lat", |v| bounded("lat", -90.0, 90.0, false, v));
-    if doc.members("lng").is_empty() && !doc.members("lon").is_empty() {
+    let lng_given = doc.members("lng").iter().any(|v| **v != Json::Null);
+    if !lng_given && !doc.members("lon").is_empty() {
         // `lon` for `lng`: the contract names it for pickup/dropoff only; either is fine.
         let judged = e.values.len();
         field(e, doc, "lon", |v| {
-            bounded("lng", -180.0, 180.0, false, v).maybe("lng", "spelled lon")
+            bounded("lng", -180.0, 180.0, false, v)
+                .maybe("lng", "spelled lon")
+                .maybe("lon", "spelled lon")
         });
         if let Some((name, _)) = e.values.get_mut(judged) {
             *name = "lng";
