@@ -6,8 +6,8 @@
 //!
 //! Each case is drawn from its own seeded generator (`fuzz_inputs.rs`: arbitrary bytes,
 //! token soup, structure-aware mutations of valid events and locations, odd timestamps) and
-//! judged against SPEC §2 as written a second time in `spec_oracle.rs`, independently of
-//! `event.rs`. Properties:
+//! judged against SPEC §2 as written a second time in `spec_oracle.rs` and
+//! `timestamp_oracle.rs`, independently of `event.rs`. Properties:
 //! - no panic;
 //! - a refusal's text is non-empty and names a contract field in backticks (field `city`)
 //!   or says the JSON is invalid, and it names a reason the contract gives for that message;
@@ -32,6 +32,8 @@ mod fuzz_inputs;
 mod json_reader;
 #[path = "support/spec_oracle.rs"]
 mod spec_oracle;
+#[path = "support/timestamp_oracle.rs"]
+mod timestamp_oracle;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,7 +42,8 @@ use std::time::Instant;
 use dataflows::event::{DriverLocation, DriverStatus, EventType, RideEvent, Timestamp};
 
 use fuzz_inputs::Input;
-use spec_oracle::{Actual, Expect, Ts, JSON, LOCATION_FIELDS, MAX_MILLIS, MIN_MILLIS, RIDE_FIELDS};
+use spec_oracle::{Actual, Expect, JSON, LOCATION_FIELDS, MAX_MILLIS, MIN_MILLIS, RIDE_FIELDS};
+use timestamp_oracle::Ts;
 
 /// Cases in the normal test run: about 4 s in a debug build (where serde is unoptimised).
 const DEFAULT_CASES: u64 = 20_000;
@@ -389,7 +392,7 @@ fn check_timestamp(text: &str, tally: &mut Tally, failures: &mut Vec<Failure>) {
             detail,
         })
     };
-    let verdict = spec_oracle::timestamp(text);
+    let verdict = timestamp_oracle::timestamp(text);
     let in_range = |ms: i64| (MIN_MILLIS..=MAX_MILLIS).contains(&ms);
     match guarded(|| Timestamp::parse(text)) {
         Err(panic) => fail("parse panicked", panic),

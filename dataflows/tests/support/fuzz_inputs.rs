@@ -6,7 +6,8 @@
 use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore};
 
-use super::spec_oracle::{civil_from_days, MAX_MILLIS, MIN_MILLIS};
+use super::spec_oracle::{MAX_MILLIS, MIN_MILLIS};
+use super::timestamp_oracle::civil_from_days;
 
 /// The generator of one case: SplitMix64, seeded with the case's seed. Small and fast even in
 /// a debug build (ChaCha there took half of the run), and the same stream on every platform.
