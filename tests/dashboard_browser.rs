@@ -3,7 +3,9 @@
 //! numbers on the page equal ClickHouse's for the same cities and window, the page updates
 //! itself when new events go through the pipeline, an unreachable ClickHouse shows a
 //! notice, and a screenshot is saved as a test artifact
-//! (`$CARGO_TARGET_TMPDIR/dashboard.png`).
+//! (`$CARGO_TARGET_TMPDIR/dashboard.png`). Some rides carry a hostile city name
+//! ([`HOSTILE_CITY`], markup with an `onerror` handler): the page must show it as text in the
+//! city table and the chart legends, and no script or element may come out of it.
 //!
 //! Needs chromium and chromium-driver (`scripts/test` installs them with apt).
 
@@ -22,6 +24,32 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A city name an attacker can put on the `ride-events` topic: as HTML it would create an
+/// `img` whose error handler sets `window.__pwned`, and its quotes would end an attribute.
+const HOSTILE_CITY: &str = r#"<img src=x onerror="window.__pwned=1">"&'"#;
+
+/// Moves one ride in twelve (all its events) to [`HOSTILE_CITY`]; malformed lines stay.
+fn with_hostile_city(path: &Path) {
+    let mut rides = std::collections::BTreeMap::new();
+    let lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(
+            |line| match dataflows::event::RideEvent::parse(line.as_bytes()) {
+                Ok(mut event) => {
+                    let next = rides.len();
+                    if *rides.entry(event.ride_id.clone()).or_insert(next) % 12 == 0 {
+                        event.city = HOSTILE_CITY.into();
+                    }
+                    event.to_json()
+                }
+                Err(_) => line.to_string(),
+            },
+        )
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 fn free_port() -> u16 {
@@ -56,6 +84,7 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
     let dir = common::temp_dir("dashboard");
     let start = dataflows::event::Timestamp(now - 15 * 60_000);
     let path = common::dataset(&ns, &dir, 9_000, 1_000, &start.to_string());
+    with_hostile_city(&path);
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
     let summary = summary_of(&ns.try_run(&["run", "--until-end", "-w", "2", "--group", "g"]));
     assert!(
@@ -90,6 +119,7 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
         .arg(&screenshot)
         .arg(root.join("sql/city_performance_last_hour.sql"))
         .arg(format!("http://127.0.0.1:{down_port}/"))
+        .arg(HOSTILE_CITY)
         .arg("--")
         .args(&more_events)
         .output()

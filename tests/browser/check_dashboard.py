@@ -2,11 +2,14 @@
 against a running `ridepulse dashboard`, the way an ops engineer looks at it.
 
 Usage: check_dashboard.py DASHBOARD_URL CLICKHOUSE_URL DATABASE SCREENSHOT SQL_FILE
-                          DOWN_URL -- MORE_EVENTS_COMMAND...
+                          DOWN_URL HOSTILE_CITY -- MORE_EVENTS_COMMAND...
 
 1. Waits for live data on the page, then checks that every number of the "cities in the
    last hour" table equals what ClickHouse returns for SQL_FILE (the same city and window),
    and that the freshness shown is ClickHouse's now() minus its newest event time.
+   HOSTILE_CITY (a city of some of the events: markup whose `onerror` sets window.__pwned)
+   must appear as exactly that text in the table and in the chart legends, with no `img`,
+   no `onerror` attribute and no window.__pwned coming out of it.
 2. Saves a screenshot to SCREENSHOT.
 3. Runs MORE_EVENTS_COMMAND (which writes new events through the pipeline) and, without
    reloading, waits until the page shows the new numbers (again equal to ClickHouse's).
@@ -71,8 +74,8 @@ class Browser:
     def open(self, url):
         call("POST", f"{self.url}/url", {"url": url})
 
-    def js(self, script):
-        return call("POST", f"{self.url}/execute/sync", {"script": script, "args": []})
+    def js(self, script, *args):
+        return call("POST", f"{self.url}/execute/sync", {"script": script, "args": list(args)})
 
     def screenshot(self, path):
         png = base64.b64decode(call("GET", f"{self.url}/screenshot"))
@@ -102,6 +105,44 @@ return {
   thresholdLines: document.querySelectorAll('#chart-cancel .threshold').length,
 };
 """
+
+
+# Where a data value can surface on the page, and whether any markup came out of one.
+READ_HOSTILE = """
+const city = arguments[0];
+const row = [...document.querySelectorAll('#cities tbody tr')].find((tr) => tr.dataset.city === city);
+const cell = row ? row.querySelector('td[data-col="city"]') : null;
+const texts = [...document.querySelectorAll('.chart svg text')];
+return {
+  cell: cell ? cell.textContent : null,
+  legends: texts.filter((t) => t.textContent === city).length,
+  series: [...document.querySelectorAll('.chart svg path')].filter((p) => p.getAttribute('data-series') === city).length,
+  pwned: typeof window.__pwned,
+  images: document.querySelectorAll('img').length,
+  handlers: document.querySelectorAll('[onerror]').length,
+  chartChildren: [...document.querySelectorAll('.chart svg *')].filter((n) => n.namespaceURI !== 'http://www.w3.org/2000/svg').length,
+};
+"""
+
+
+def check_hostile(browser, city, when):
+    """The hostile city is shown as text, and nothing came out of it (checked after a few
+    redraws, so that an injected image has had time to fail and run its handler)."""
+    start = browser.js(READ_PAGE)["updates"]
+    deadline = time.time() + 30
+    while browser.js(READ_PAGE)["updates"] < start + 2 and time.time() < deadline:
+        time.sleep(0.3)
+    seen = browser.js(READ_HOSTILE, city)
+    if seen["pwned"] != "undefined":
+        fail(f"{when}: a city name ran script on the page (window.__pwned is {seen['pwned']}): {seen}")
+    if seen["images"] or seen["handlers"] or seen["chartChildren"]:
+        fail(f"{when}: a city name became markup on the page: {seen}")
+    if seen["cell"] != city:
+        fail(f"{when}: the city table shows {seen['cell']!r}, not the city {city!r}: {seen}")
+    if seen["legends"] < 1 or seen["series"] < 1:
+        fail(f"{when}: the charts do not label the city {city!r} as text: {seen}")
+    print(f"ok   {when}: the city {city!r} is text in the table, {seen['legends']} legends and "
+          f"{seen['series']} series; no img, no handler, window.__pwned undefined", flush=True)
 
 
 def clickhouse(url, database, sql):
@@ -149,7 +190,7 @@ def wait_until_equal(browser, ch_url, database, sql, after_updates, what):
 
 
 def main():
-    dash_url, ch_url, database, screenshot, sql_file, down_url = sys.argv[1:7]
+    dash_url, ch_url, database, screenshot, sql_file, down_url, hostile = sys.argv[1:8]
     more_events = sys.argv[sys.argv.index("--") + 1:]
     sql = open(sql_file).read().strip().rstrip(";")
     browser = Browser()
@@ -162,6 +203,7 @@ def main():
         if abs(float(page["freshness"]) - float(fresh["s"])) > 5:
             fail(f"freshness: page {page['freshness']} s vs ClickHouse {fresh['s']} s")
         print(f"ok   freshness {page['freshness']} s (ClickHouse: {fresh['s']} s)", flush=True)
+        check_hostile(browser, hostile, "first load")
         if page["charts"] < 6 or page["thresholdLines"] != 1:
             fail(f"charts: {page['charts']} series drawn, {page['thresholdLines']} threshold lines")
         print(f"ok   {page['charts']} chart series, threshold line drawn", flush=True)
@@ -182,6 +224,7 @@ def main():
             time.sleep(0.5)
         print(f"ok   without a reload the page shows the new events ({len(grown)} cities grew, "
               f"{page['updates']} updates) and still matches ClickHouse", flush=True)
+        check_hostile(browser, hostile, "after new events")
 
         browser.open(down_url)
         deadline = time.time() + 30

@@ -17,45 +17,64 @@ function colorOf(city, cities) {
   return COLORS[cities.indexOf(city) % COLORS.length];
 }
 
+// Every value from data (city names above all: they come from Kafka events) reaches the DOM
+// as text or as an attribute value, never as markup: elements are built with createElementNS
+// and filled with textContent/setAttribute, and no innerHTML is used anywhere.
+const SVG_NS = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  if (text !== null) node.textContent = String(text);
+  return node;
+}
+
 // A line chart: series = Map(name -> [[unixSeconds, value], ...]).
 function lineChart(el, series, cities, opts = {}) {
   const W = 560, H = 220, L = 44, R = 96, T = 10, B = 22;
   const points = [...series.values()].flat();
-  if (!points.length) { el.innerHTML = `<svg viewBox="0 0 ${W} ${H}"><text x="${W / 2}" y="${H / 2}" text-anchor="middle">no data yet</text></svg>`; return; }
+  if (!points.length) {
+    const empty = svgEl("svg", { viewBox: `0 0 ${W} ${H}` });
+    empty.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+    el.replaceChildren(empty);
+    return;
+  }
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 60);
   let y1 = Math.max(...ys, opts.threshold || 0) * 1.1 || 1;
   const x = (t) => L + (t - x0) / (x1 - x0) * (W - L - R);
   const y = (v) => H - B - v / y1 * (H - T - B);
-  let svg = `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">`;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
   for (let i = 0; i <= 4; i++) {
     const v = y1 * i / 4;
-    svg += `<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#2a3038"/>`;
-    svg += `<text x="${L - 4}" y="${y(v) + 3}" text-anchor="end">${fmt(v, v < 10 ? 1 : 0)}</text>`;
+    svg.appendChild(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#2a3038" }));
+    svg.appendChild(svgEl("text", { x: L - 4, y: y(v) + 3, "text-anchor": "end" }, fmt(v, v < 10 ? 1 : 0)));
   }
   for (let i = 0; i <= 4; i++) {
     const t = x0 + (x1 - x0) * i / 4;
     // Minutes, or seconds too when the chart spans under five minutes (no repeated labels).
-    svg += `<text x="${x(t)}" y="${H - 6}" text-anchor="middle">${clock(t, x1 - x0 < 300)}</text>`;
+    svg.appendChild(svgEl("text", { x: x(t), y: H - 6, "text-anchor": "middle" }, clock(t, x1 - x0 < 300)));
   }
   if (opts.threshold) {
-    svg += `<line class="threshold" x1="${L}" x2="${W - R}" y1="${y(opts.threshold)}" y2="${y(opts.threshold)}" stroke="#f85149" stroke-dasharray="6 4" stroke-width="2"/>`;
-    svg += `<text x="${W - R + 4}" y="${y(opts.threshold) + 3}" style="fill:#f85149">${opts.threshold} %</text>`;
+    svg.appendChild(svgEl("line", {
+      class: "threshold", x1: L, x2: W - R, y1: y(opts.threshold), y2: y(opts.threshold),
+      stroke: "#f85149", "stroke-dasharray": "6 4", "stroke-width": 2,
+    }));
+    svg.appendChild(svgEl("text", { x: W - R + 4, y: y(opts.threshold) + 3, style: "fill:#f85149" }, `${opts.threshold} %`));
   }
   let legendY = T + 8;
   for (const [name, pts] of series) {
     const color = opts.colors ? opts.colors[name] : colorOf(name, cities);
     const sorted = [...pts].sort((a, b) => a[0] - b[0]);
     const d = sorted.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
-    svg += `<path d="${d}" fill="none" stroke="${color}" stroke-width="1.8" data-series="${name}"/>`;
-    if (sorted.length === 1) svg += `<circle cx="${x(sorted[0][0])}" cy="${y(sorted[0][1])}" r="2.5" fill="${color}"/>`;
+    svg.appendChild(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 1.8, "data-series": name }));
+    if (sorted.length === 1) svg.appendChild(svgEl("circle", { cx: x(sorted[0][0]), cy: y(sorted[0][1]), r: 2.5, fill: color }));
     if (legendY < H - B) {
-      svg += `<text x="${W - R + 6}" y="${legendY}" style="fill:${color}">${name}</text>`;
+      svg.appendChild(svgEl("text", { x: W - R + 6, y: legendY, style: `fill:${color}` }, name));
       legendY += 12;
     }
   }
-  el.innerHTML = svg + "</svg>";
+  el.replaceChildren(svg);
 }
 
 function seriesOf(rows, timeKey, valueOf) {
@@ -91,7 +110,7 @@ function render(s) {
 
   // The city table of the last hour.
   const body = $("cities").querySelector("tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   for (const c of s.cities) {
     const w = latest.get(c.city);
     const cancelPct = w && w.requests > 0 ? 100 * w.cancellations / w.requests : null;
