@@ -199,8 +199,7 @@ fn a_quarter_of_invalid_messages_is_dead_lettered_once_and_the_valid_rest_is_exa
 
     // What the broker needs to accept 100,000 dead-letter-like writes (with headers).
     let scratch = format!("{}-scratch", mixed_ns.config.topics.dead_letters);
-    let producer =
-        CountingProducer::new(&mixed_ns.config.kafka, &scratch, "it-scratch").unwrap();
+    let producer = CountingProducer::new(&mixed_ns.config.kafka, &scratch, "it-scratch").unwrap();
     let started = Instant::now();
     for (i, line) in mixed.iter().skip(3).step_by(4).enumerate() {
         let headers = rdkafka::message::OwnedHeaders::new()
@@ -446,7 +445,10 @@ fn a_job_fatal_error_stops_the_job_once_and_the_supervisor_backs_off() {
     let submit = bad.try_run(&["job", "submit", "--name", "fatal", "--all-cities"]);
     let said = String::from_utf8_lossy(&submit.stderr);
     assert!(!submit.status.success());
-    assert!(said.contains("job fatal failed: process 0:") && said.contains("nobody_at_all"), "{said}");
+    assert!(
+        said.contains("job fatal failed: process 0:") && said.contains("nobody_at_all"),
+        "{said}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let failed_line = loop {
         let list = bad.run(&["job", "list"]);

@@ -95,6 +95,11 @@ impl Timestamp {
         if text.is_empty() {
             return Err(TimestampError("it is empty".into()));
         }
+        if !iso_shape(text.as_bytes()) {
+            return Err(TimestampError(format!(
+                "`{text}` is not ISO-8601 (expected e.g. 2026-11-23T10:00:01.250Z)"
+            )));
+        }
         if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
             return Ok(Timestamp(dt.timestamp_millis()));
         }
@@ -134,6 +139,38 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = Cow::<str>::deserialize(deserializer)?;
         Timestamp::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether `text` has the exact shape of the forms [`Timestamp::parse`] accepts:
+/// `YYYY-MM-DD`, `T` (or `t`, or a space), `HH:MM:SS`, optional `.` and fraction digits,
+/// optional `Z` or `±HH:MM`. chrono alone is more lenient (one-digit fields, run-together
+/// fields such as `2093-05-156:34:00`), which would read a garbled time as a real one.
+fn iso_shape(text: &[u8]) -> bool {
+    let digits = |range: std::ops::Range<usize>| text[range].iter().all(u8::is_ascii_digit);
+    if text.len() < 19
+        || !(digits(0..4) && digits(5..7) && digits(8..10))
+        || !(digits(11..13) && digits(14..16) && digits(17..19))
+        || text[4] != b'-'
+        || text[7] != b'-'
+        || !matches!(text[10], b'T' | b't' | b' ')
+        || text[13] != b':'
+        || text[16] != b':'
+    {
+        return false;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let count = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if count == 0 {
+            return false;
+        }
+        rest = &fraction[count..];
+    }
+    match rest {
+        [] | [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+        _ => false,
     }
 }
 
@@ -238,9 +275,12 @@ pub enum EventError {
         /// Its length in bytes.
         bytes: usize,
     },
-    /// `event_type` (or a location's `status`) is not one of the known values.
+    /// `event_type` is not one of the known values.
     #[error("field `event_type`: unknown value `{0}` (expected requested, accepted, started, completed or cancelled)")]
     UnknownEventType(String),
+    /// A location's `status` is not one of the known values.
+    #[error("field `status`: unknown value `{0}` (expected available, on_trip or offline)")]
+    UnknownStatus(String),
     /// `timestamp` could not be read.
     #[error("field `timestamp`: {0}")]
     BadTimestamp(TimestampError),
@@ -282,6 +322,7 @@ impl EventError {
             EventError::Empty(_) => "empty_field",
             EventError::TooLong { .. } => "too_long",
             EventError::UnknownEventType(_) => "unknown_event_type",
+            EventError::UnknownStatus(_) => "unknown_status",
             EventError::BadTimestamp(_) => "bad_timestamp",
             EventError::OutOfRange { .. } => "out_of_range",
             EventError::ImplausibleTime(_) => "implausible_time",
@@ -290,13 +331,14 @@ impl EventError {
     }
 
     /// Every reason code, for counters that list them all.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 11] = [
         "not_json",
         "wrong_type",
         "missing_field",
         "empty_field",
         "too_long",
         "unknown_event_type",
+        "unknown_status",
         "bad_timestamp",
         "out_of_range",
         "implausible_time",
@@ -555,7 +597,10 @@ fn read_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, EventError>
         Some(_) => return Err(EventError::NotJson("expected a JSON object `{...}`".into())),
         None => return Err(EventError::NotJson("the message is empty".into())),
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // Invalid UTF-8 anywhere (even in a field nobody reads) is not JSON.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| EventError::NotJson(format!("the message is not UTF-8: {e}")))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let raw: T = match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(raw) => raw,
         Err(error) => {
@@ -666,10 +711,11 @@ struct RawLocation<'a> {
     lat: Option<f64>,
     #[serde(default)]
     lng: Option<f64>,
+    /// Read only when `lng` is absent; of another shape it is as if absent.
     #[serde(default)]
-    lon: Option<f64>,
-    #[serde(default)]
-    status: Option<DriverStatus>,
+    lon: Lenient<f64>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
 }
 
 impl DriverLocation {
@@ -682,7 +728,7 @@ impl DriverLocation {
         let timestamp = event_time(raw.timestamp)?;
         let city = required(raw.city, "city")?;
         let lat = raw.lat.ok_or(EventError::Missing("lat"))?;
-        let lng = raw.lng.or(raw.lon).ok_or(EventError::Missing("lng"))?;
+        let lng = raw.lng.or(raw.lon.0).ok_or(EventError::Missing("lng"))?;
         for (field, value, limit) in [("lat", lat, 90.0), ("lng", lng, 180.0)] {
             if !coordinate_ok(value, limit) {
                 return Err(EventError::OutOfRange {
@@ -691,7 +737,13 @@ impl DriverLocation {
                 });
             }
         }
-        let status = raw.status.ok_or(EventError::Missing("status"))?;
+        let status = match raw.status.as_deref() {
+            None => return Err(EventError::Missing("status")),
+            Some("available") => DriverStatus::Available,
+            Some("on_trip") => DriverStatus::OnTrip,
+            Some("offline") => DriverStatus::Offline,
+            Some(other) => return Err(EventError::UnknownStatus(other.to_string())),
+        };
         Ok(DriverLocation {
             driver_id,
             timestamp,
@@ -802,6 +854,11 @@ mod tests {
             "2026-13-23T10:00:00Z",
             "2026-11-23T25:00:00",
             "1700000000",
+            "2093-05-156:34:00.2",
+            "2026-1-3T0:0:0",
+            "2026-11-23T10:00:01.",
+            "2026-11-23T10:00:01+0100",
+            "+12026-11-23T10:00:01Z",
         ] {
             let error =
                 RideEvent::parse(with("timestamp", &format!("\"{text}\"")).as_bytes()).unwrap_err();
@@ -998,6 +1055,7 @@ mod tests {
                 bytes: 0,
             },
             EventError::UnknownEventType(String::new()),
+            EventError::UnknownStatus(String::new()),
             EventError::BadTimestamp(TimestampError(String::new())),
             EventError::OutOfRange {
                 field: "x",
@@ -1025,6 +1083,8 @@ mod tests {
             b"{\"event_type\": \"requested\"",
             b"\xff\xfe",
             b"{} {}",
+            // invalid UTF-8 in a field nobody reads is still not JSON
+            b"{\"event_type\":\"requested\",\"x\":\"\xa9\"}",
         ] {
             let error = RideEvent::parse(bytes).unwrap_err();
             assert!(

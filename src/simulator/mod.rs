@@ -203,8 +203,11 @@ pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
     let file =
         File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let producer =
-        CountingProducer::new(&config.kafka, &config.topics.ride_events, "ridepulse-replay")?;
+    let producer = CountingProducer::new(
+        &config.kafka,
+        &config.topics.ride_events,
+        "ridepulse-replay",
+    )?;
     let bar = progress(length, "bytes");
     let started = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 20, file);
