@@ -122,3 +122,18 @@ pub fn consumer(brokers: &str, group_id: &str, client_id: &str) -> ClientConfig 
     apply_extra(&mut config);
     config
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producers_are_idempotent_unless_the_broker_cannot_take_it() {
+        let on = producer("127.0.0.1:9092", "t", true);
+        assert_eq!(on.get("enable.idempotence"), Some("true"));
+        assert_eq!(on.get("acks"), Some("all"));
+        let off = producer("127.0.0.1:9092", "t", false);
+        assert_eq!(off.get("enable.idempotence"), None);
+        assert_eq!(off.get("max.in.flight.requests.per.connection"), Some("1"));
+    }
+}

@@ -46,7 +46,8 @@ impl Namespace {
     }
 
     fn from_settings(settings: Vec<String>) -> Namespace {
-        let config = Config::load(None, std::iter::empty(), &settings).unwrap();
+        // The environment too, as the binary sees it (e.g. RIDEPULSE_KAFKA_IDEMPOTENCE).
+        let config = Config::load(None, std::env::vars(), &settings).unwrap();
         Namespace {
             config,
             args: settings
