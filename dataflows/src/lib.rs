@@ -22,10 +22,18 @@
 //!   the emission rule every source shares.
 //! - [`city_metrics`]: the sliding-window operator.
 //! - [`metrics_row`]: the output row of SPEC §4.
+//! - [`supply`]: live supply and demand per city (SPEC §5) on differential dataflow: the
+//!   latest state of every ride and driver, counts per city, final rows per minute; with
+//!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode).
+//! - [`supply_row`]: the output row of SPEC §5.
 #![deny(missing_docs)]
 
 pub mod city_metrics;
 pub mod event;
 pub mod metrics_row;
 pub mod partitioned_source;
+pub mod supply;
+pub mod supply_live;
+pub mod supply_row;
+pub mod supply_rows;
 pub mod watermark;
