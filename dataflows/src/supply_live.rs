@@ -49,20 +49,20 @@ struct Kept {
     requested: bool,
 }
 
-/// The operator's state.
-struct LiveState {
+/// The readings of the last `H` minutes per ride and per driver, and the counts of any
+/// minute they decide. Pure state (no timely): the operator below drives it, tests feed it.
+#[derive(Debug)]
+pub struct LiveView {
     config: SupplyConfig,
-    worker: usize,
     /// Per ride, then per driver: readings sorted by recency (oldest first).
     rides: HashMap<String, Vec<Kept>>,
     drivers: HashMap<String, Vec<Kept>>,
     /// Minutes before this are final (the input frontier).
     open_from: u64,
+    /// The newest event minute read.
     through: Option<u64>,
-    capability: Option<Capability<u64>>,
-    dirty: bool,
-    seq: u64,
-    last_report: Instant,
+    /// Readings kept.
+    len: usize,
 }
 
 fn keep(entities: &mut HashMap<String, Vec<Kept>>, key: &str, kept: Kept) {
@@ -74,8 +74,21 @@ fn keep(entities: &mut HashMap<String, Vec<Kept>>, key: &str, kept: Kept) {
     readings.insert(at, kept);
 }
 
-impl LiveState {
-    fn add_ride(&mut self, sourced: &SourcedEvent) {
+impl LiveView {
+    /// An empty view with SPEC §5's knobs from `config`.
+    pub fn new(config: &SupplyConfig) -> LiveView {
+        LiveView {
+            config: config.clone(),
+            rides: HashMap::new(),
+            drivers: HashMap::new(),
+            open_from: 0,
+            through: None,
+            len: 0,
+        }
+    }
+
+    /// Adds an on-time ride event.
+    pub fn add_ride(&mut self, sourced: &SourcedEvent) {
         let reading = Reading::of_ride(sourced);
         let minute = reading.minute();
         self.see(minute);
@@ -88,7 +101,8 @@ impl LiveState {
         keep(&mut self.rides, &sourced.event.ride_id, kept);
     }
 
-    fn add_driver(&mut self, sourced: &SourcedLocation) {
+    /// Adds an on-time driver location.
+    pub fn add_driver(&mut self, sourced: &SourcedLocation) {
         let reading = Reading::of_driver(sourced);
         let minute = reading.minute();
         self.see(minute);
@@ -102,68 +116,125 @@ impl LiveState {
 
     fn see(&mut self, minute: u64) {
         self.through = Some(self.through.map_or(minute, |t| t.max(minute)));
-        self.dirty = true;
+        self.len += 1;
     }
 
-    /// Drops readings no open minute can need.
-    fn evict(&mut self) {
-        let (open, horizon) = (self.open_from, self.config.horizon());
+    /// The newest event minute read, if any.
+    pub fn through(&self) -> Option<u64> {
+        self.through
+    }
+
+    /// Readings kept (for tests of boundedness).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no reading is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The minutes before `open_from` are final: drops the readings no later minute needs
+    /// (those with `e + H ≤ open_from`). Returns whether `open_from` moved.
+    pub fn advance(&mut self, open_from: u64) -> bool {
+        if open_from <= self.open_from {
+            return false;
+        }
+        self.open_from = open_from;
+        let horizon = self.config.horizon();
+        let mut len = 0;
         for entities in [&mut self.rides, &mut self.drivers] {
             entities.retain(|_, readings| {
-                readings.retain(|k| k.minute + horizon > open);
+                readings.retain(|k| k.minute + horizon > open_from);
+                len += readings.len();
                 !readings.is_empty()
             });
         }
+        self.len = len;
+        true
     }
 
-    /// Counts the newest open minutes.
-    fn report(&mut self) -> LiveReport {
+    /// The counts of every city with a reading at each minute of `minutes` (which must not
+    /// start before the last [`LiveView::advance`]), by (minute, city); cities whose counts
+    /// are all zero but `events` are included.
+    pub fn counts(
+        &self,
+        minutes: std::ops::RangeInclusive<u64>,
+    ) -> BTreeMap<(u64, String), SupplyCounts> {
         let mut counts: BTreeMap<(u64, &str), SupplyCounts> = BTreeMap::new();
         let horizon = self.config.horizon();
-        if let Some(through) = self.through {
-            let first = self
-                .open_from
-                .max((through + 1).saturating_sub(self.config.open_minutes));
-            let windows = [
-                (&self.rides, self.config.request_timeout_minutes),
-                (&self.drivers, self.config.stale_after_minutes),
-            ];
-            for (entities, fresh_for) in windows {
-                for readings in entities.values() {
-                    for minute in first..=through {
-                        let upto = readings.partition_point(|k| k.minute <= minute);
-                        if upto == 0 {
-                            continue;
+        let windows = [
+            (&self.rides, self.config.request_timeout_minutes),
+            (&self.drivers, self.config.stale_after_minutes),
+        ];
+        for (entities, fresh_for) in windows {
+            for readings in entities.values() {
+                for minute in minutes.clone() {
+                    let upto = readings.partition_point(|k| k.minute <= minute);
+                    if upto == 0 {
+                        continue;
+                    }
+                    let latest = &readings[upto - 1];
+                    if let Some(tally) = latest.reading.tally {
+                        if minute < latest.minute + fresh_for {
+                            let entry = counts.entry((minute, &latest.reading.city));
+                            tally.add_to(entry.or_default(), 1);
                         }
-                        let latest = &readings[upto - 1];
-                        if let Some(tally) = latest.reading.tally {
-                            if minute < latest.minute + fresh_for {
-                                let entry = counts.entry((minute, &latest.reading.city));
-                                tally.add_to(entry.or_default(), 1);
-                            }
-                        }
-                        for k in readings[..upto]
-                            .iter()
-                            .filter(|k| k.minute + horizon > minute)
-                        {
-                            let entry = counts.entry((minute, &k.reading.city)).or_default();
-                            Tally::Event.add_to(entry, 1);
-                            if k.requested && k.minute == minute {
-                                Tally::Request.add_to(entry, 1);
-                            }
+                    }
+                    for k in readings[..upto]
+                        .iter()
+                        .filter(|k| k.minute + horizon > minute)
+                    {
+                        let entry = counts.entry((minute, &k.reading.city)).or_default();
+                        Tally::Event.add_to(entry, 1);
+                        if k.requested && k.minute == minute {
+                            Tally::Request.add_to(entry, 1);
                         }
                     }
                 }
             }
         }
+        counts
+            .into_iter()
+            .map(|((minute, city), c)| ((minute, city.to_string()), c))
+            .collect()
+    }
+
+    /// The newest open minutes (at most `open_minutes` of them, up to the newest read).
+    fn open_minutes(&self) -> Option<std::ops::RangeInclusive<u64>> {
+        let through = self.through?;
+        let first = self
+            .open_from
+            .max((through + 1).saturating_sub(self.config.open_minutes));
+        (first <= through).then_some(first..=through)
+    }
+}
+
+/// The operator's state: the view, and when and what it last reported.
+struct LiveState {
+    view: LiveView,
+    worker: usize,
+    capability: Option<Capability<u64>>,
+    dirty: bool,
+    seq: u64,
+    last_report: Instant,
+}
+
+impl LiveState {
+    /// Counts the newest open minutes.
+    fn report(&mut self) -> LiveReport {
+        let counts = match self.view.open_minutes() {
+            Some(minutes) => self.view.counts(minutes),
+            None => BTreeMap::new(),
+        };
         self.seq += 1;
         LiveReport {
             worker: self.worker,
             seq: self.seq,
-            through: self.through,
+            through: self.view.through(),
             counts: counts
                 .into_iter()
-                .map(|((minute, city), c)| (minute, city.to_string(), c))
+                .map(|((minute, city), c)| (minute, city, c))
                 .collect(),
         }
     }
@@ -192,12 +263,8 @@ pub(crate) fn build<'scope>(
             move |capability, info| {
                 let activator = scope.activator_for(info.address);
                 let mut state = LiveState {
-                    config,
+                    view: LiveView::new(&config),
                     worker: scope.index(),
-                    rides: HashMap::new(),
-                    drivers: HashMap::new(),
-                    open_from: 0,
-                    through: None,
                     capability: Some(capability),
                     dirty: true,
                     seq: 0,
@@ -206,12 +273,14 @@ pub(crate) fn build<'scope>(
                 move |(rides, rides_frontier), (locations, locations_frontier), output| {
                     rides.for_each(|_, data| {
                         for event in data.drain(..) {
-                            state.add_ride(&event);
+                            state.view.add_ride(&event);
+                            state.dirty = true;
                         }
                     });
                     locations.for_each(|_, data| {
                         for location in data.drain(..) {
-                            state.add_driver(&location);
+                            state.view.add_driver(&location);
+                            state.dirty = true;
                         }
                     });
                     let frontier = [rides_frontier, locations_frontier]
@@ -223,9 +292,7 @@ pub(crate) fn build<'scope>(
                         state.capability = None;
                         return;
                     };
-                    if frontier > state.open_from {
-                        state.open_from = frontier;
-                        state.evict();
+                    if state.view.advance(frontier) {
                         state.dirty = true;
                     }
                     if let Some(capability) = state.capability.as_mut() {
@@ -235,7 +302,7 @@ pub(crate) fn build<'scope>(
                     }
                     if state.dirty {
                         let since = state.last_report.elapsed();
-                        if since >= state.config.emit_interval {
+                        if since >= config.emit_interval {
                             let report = state.report();
                             if let Some(capability) = state.capability.as_ref() {
                                 output.session(capability).give(report);
@@ -243,7 +310,7 @@ pub(crate) fn build<'scope>(
                             state.dirty = false;
                             state.last_report = Instant::now();
                         } else {
-                            activator.activate_after(state.config.emit_interval - since);
+                            activator.activate_after(config.emit_interval - since);
                         }
                     }
                 }

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataflows::event::{DriverLocation, DriverStatus, EventType, RideEvent, Timestamp};
-use dataflows::partitioned_source::{replay, ReplayConfig};
+use dataflows::partitioned_source::{replay, ReplayConfig, Sourced};
 use dataflows::supply::{build, SupplyConfig};
+use dataflows::supply_live::LiveView;
 use dataflows::supply_row::CitySupplyRow;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -548,4 +549,183 @@ fn open_minutes_get_update_rows_below_their_final_row() {
     let run = check_against_oracle(&rides, &locations, &config, 2, 1, "seed 11");
     let updates = run.rows.iter().filter(|r| r.is_final == 0).count();
     assert!(updates > 0, "no update rows");
+}
+
+/// The records of each partition with SPEC §3's verdict, as a source would emit them.
+fn sourced<T: Clone>(partitions: &[Vec<T>], ts: impl Fn(&T) -> i64) -> Vec<Sourced<T>> {
+    let mut out = Vec::new();
+    for (p, partition) in partitions.iter().enumerate() {
+        let mut largest: Option<i64> = None;
+        for (offset, record) in partition.iter().enumerate() {
+            let t = ts(record);
+            let late = largest.is_some_and(|max| max - t > LATENESS_MS);
+            largest = Some(largest.map_or(t, |max| max.max(t)));
+            out.push(Sourced {
+                partition: p as u32,
+                offset: offset as u64,
+                event: record.clone(),
+                late,
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn the_live_view_counts_every_minute_like_the_oracle() {
+    // The hand-written view of open minutes, given every on-time record and asked about
+    // every minute, must agree with the oracle too (so update rows follow the same rules).
+    for (seed, config) in [
+        (12, config()),
+        (
+            13,
+            SupplyConfig {
+                stale_after_minutes: 2,
+                request_timeout_minutes: 4,
+                ..config()
+            },
+        ),
+    ] {
+        let rides = generate_rides(seed, 3, 1_000);
+        let locations = generate_locations(seed, 3, 1_000);
+        let want = oracle(
+            &rides,
+            &locations,
+            config.request_timeout_minutes as i64,
+            config.stale_after_minutes as i64,
+        );
+        let mut view = LiveView::new(&config);
+        for e in sourced(&rides, |e| e.timestamp.0) {
+            if !e.late {
+                view.add_ride(&e);
+            }
+        }
+        for l in sourced(&locations, |l| l.timestamp.0) {
+            if !l.late {
+                view.add_driver(&l);
+            }
+        }
+        let first = want.rows.keys().next().unwrap().0 as u64 / 60_000;
+        let last = view.through().unwrap() + config.horizon();
+        let got: BTreeMap<(i64, String), Want> = view
+            .counts(first..=last)
+            .into_iter()
+            .filter(|(_, c)| c.has_row())
+            .map(|((minute, city), c)| {
+                let want = Want {
+                    available: c.available_drivers,
+                    on_trip: c.on_trip_drivers,
+                    waiting: c.waiting_riders,
+                    in_progress: c.rides_in_progress,
+                    requests: c.requests,
+                    events: c.events,
+                };
+                ((minute as i64 * 60_000, city), want)
+            })
+            .collect();
+        assert_eq!(got, want.rows, "seed {seed}");
+    }
+}
+
+#[test]
+fn the_live_view_forgets_what_no_open_minute_needs() {
+    let rides = generate_rides(14, 2, 6_000);
+    let config = config();
+    let mut view = LiveView::new(&config);
+    let (mut peak, mut total) = (0, 0);
+    // Feed in read order, round-robin, with the frontier at the watermark's minute.
+    let mut largest = [BASE_MS; 2]; // every clock starts after BASE_MS
+    for i in 0..6_000 {
+        for (p, partition) in rides.iter().enumerate() {
+            let e = &partition[i];
+            let late = largest[p] - e.timestamp.0 > LATENESS_MS;
+            largest[p] = largest[p].max(e.timestamp.0);
+            if !late {
+                view.add_ride(&Sourced {
+                    partition: p as u32,
+                    offset: i as u64,
+                    event: e.clone(),
+                    late,
+                });
+                total += 1;
+            }
+        }
+        let watermark = largest.iter().min().unwrap() - LATENESS_MS;
+        view.advance((watermark.div_euclid(60_000)) as u64);
+        peak = peak.max(view.len());
+    }
+    // About two hours of rides; the view holds at most the last H + 1 minutes' worth.
+    let minutes = (largest[0] - BASE_MS) / 60_000;
+    assert!(minutes > 100, "{minutes} minutes");
+    let per_minute = total as i64 / minutes;
+    let bound = per_minute * (config.horizon() as i64 + 3);
+    assert!(
+        (peak as i64) < bound,
+        "peak {peak} readings, {per_minute}/min over {minutes} min"
+    );
+}
+
+/// The updates held by differential's arrangements and batchers at their peak, from its
+/// logging events (a batch adds its length, a merge replaces two lengths with one, a drop
+/// removes one; a batcher reports its record changes).
+fn peak_arranged(rides: &[Vec<RideEvent>], locations: &[Vec<DriverLocation>]) -> i64 {
+    use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
+    let peak = Arc::new(Mutex::new((0i64, 0i64)));
+    let (peak2, input) = (peak.clone(), Arc::new((rides.to_vec(), locations.to_vec())));
+    timely::execute(timely::Config::process(1), move |worker| {
+        let (peak, input) = (peak2.clone(), input.clone());
+        worker
+            .log_register()
+            .unwrap()
+            .insert::<DifferentialEventBuilder, _>("differential/arrange", move |_, data| {
+                let Some(data) = data else { return };
+                let (held, peak) = &mut *peak.lock().unwrap();
+                for (_, event) in data.iter() {
+                    *held += match event {
+                        DifferentialEvent::Batch(e) => e.length as i64,
+                        DifferentialEvent::Merge(e) => e
+                            .complete
+                            .map_or(0, |c| c as i64 - e.length1 as i64 - e.length2 as i64),
+                        DifferentialEvent::Drop(e) => -(e.length as i64),
+                        DifferentialEvent::Batcher(e) => e.records_diff as i64,
+                        _ => 0,
+                    };
+                }
+                *peak = (*peak).max(*held);
+            });
+        worker.dataflow::<u64, _, _>(|scope| {
+            let replay_config = ReplayConfig {
+                allowed_lateness: Duration::from_millis(LATENESS_MS as u64),
+                batch: 16,
+            };
+            let rides = replay(scope, &input.0, replay_config.clone());
+            let locations = replay(scope, &input.1, replay_config);
+            build(rides, locations, &config());
+        });
+    })
+    .unwrap()
+    .join()
+    .into_iter()
+    .for_each(|result| result.unwrap());
+    let peak = peak.lock().unwrap().1;
+    peak
+}
+
+#[test]
+fn arrangements_stay_bounded_as_the_stream_grows() {
+    // 40 and 120 minutes of the same traffic: compaction follows the watermark, so the
+    // arrangements hold about the last H minutes either way.
+    let short = peak_arranged(
+        &generate_rides(15, 2, 2_000),
+        &generate_locations(15, 2, 2_000),
+    );
+    let long = peak_arranged(
+        &generate_rides(15, 2, 6_000),
+        &generate_locations(15, 2, 6_000),
+    );
+    assert!(short > 0);
+    assert!(
+        (long as f64) < 1.5 * short as f64,
+        "peak updates held: {short} for 40 minutes, {long} for 120"
+    );
 }
