@@ -12,6 +12,11 @@
 //!                   ▼ exchange by city
 //!                 CityWindows (minute buckets; final when the frontier passes a window's
 //!                 end; updates at most once per emit interval) ──► CityMetricsRow
+//!
+//!  ride events ─┬─► (the stream above)
+//!  locations ───┴─► supply: differential reduces (latest ride / driver state, counts per
+//!                   city; final when both topics' frontiers pass a minute) and a live view
+//!                   of the open minutes ──► CitySupplyRow (SPEC §5)
 //! ```
 //!
 //! A tour:
