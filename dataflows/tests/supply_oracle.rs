@@ -3,8 +3,10 @@
 //! then for every minute and every ride and driver, find its latest on-time event before the
 //! minute's end and apply the freshness rules. The seeded streams have out-of-order and very
 //! late events, equal timestamps inside one ride, drivers that go silent and come back,
-//! drivers that change city, and abandoned requests. With 1, 2 and 4 workers and several read
-//! interleavings the final rows must be exactly the oracle's.
+//! drivers that change city, abandoned requests, and (read from lines) malformed lines. With
+//! 1, 2 and 4 workers and several read interleavings the final rows must be exactly the
+//! oracle's. The hand-written live view (update rows) is checked against the same oracle,
+//! and memory against the stream's length.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -727,5 +729,77 @@ fn arrangements_stay_bounded_as_the_stream_grows() {
     assert!(
         (long as f64) < 1.5 * short as f64,
         "peak updates held: {short} for 40 minutes, {long} for 120"
+    );
+}
+
+#[test]
+fn malformed_lines_are_dead_letters_and_change_nothing() {
+    // The files' lines, with junk between them: only the lines that parse reach the
+    // dataflow (the junk goes to the dead-letter topic in a job), and the rows are the
+    // oracle's over the valid records alone.
+    let rides = generate_rides(16, 3, 800);
+    let locations = generate_locations(16, 3, 800);
+    let junk = [
+        "not json at all",
+        "{\"driver_id\": \"d\", \"timestamp\": \"2026-11-23T10:00:00Z\"}",
+        "{\"event_type\": \"teleported\", \"ride_id\": \"r\", \"timestamp\": \"2026-11-23T10:00:00Z\", \"city\": \"brno\", \"user_id\": \"u\"}",
+        "{\"driver_id\": \"d\", \"timestamp\": \"yesterday\", \"city\": \"brno\", \"lat\": 1, \"lng\": 2, \"status\": \"available\"}",
+        "{\"driver_id\": \"d\", \"timestamp\": \"2026-11-23T10:00:00Z\", \"city\": \"brno\", \"lat\": 1, \"lng\": 2, \"status\": \"parked\"}",
+        "",
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut lines = |jsons: Vec<String>| -> Vec<String> {
+        let mut out = Vec::new();
+        for json in jsons {
+            if rng.random_bool(0.05) {
+                out.push(junk[rng.random_range(0..junk.len())].to_string());
+            }
+            out.push(json);
+        }
+        out
+    };
+    let ride_lines: Vec<Vec<String>> = rides
+        .iter()
+        .map(|p| lines(p.iter().map(RideEvent::to_json).collect()))
+        .collect();
+    let location_lines: Vec<Vec<String>> = locations
+        .iter()
+        .map(|p| lines(p.iter().map(DriverLocation::to_json).collect()))
+        .collect();
+    let (mut dead, mut total) = (0, 0);
+    let parsed_rides: Vec<Vec<RideEvent>> = ride_lines
+        .iter()
+        .map(|p| {
+            total += p.len();
+            p.iter()
+                .filter_map(|l| RideEvent::parse(l.as_bytes()).ok())
+                .collect()
+        })
+        .collect();
+    let parsed_locations: Vec<Vec<DriverLocation>> = location_lines
+        .iter()
+        .map(|p| {
+            total += p.len();
+            p.iter()
+                .filter_map(|l| DriverLocation::parse(l.as_bytes()).ok())
+                .collect()
+        })
+        .collect();
+    dead += total
+        - parsed_rides.iter().map(Vec::len).sum::<usize>()
+        - parsed_locations.iter().map(Vec::len).sum::<usize>();
+    assert!(dead > 0, "the files have malformed lines");
+    assert_eq!(parsed_rides, rides, "every valid ride line parses back");
+    assert_eq!(
+        parsed_locations, locations,
+        "every valid location line parses back"
+    );
+    check_against_oracle(
+        &parsed_rides,
+        &parsed_locations,
+        &config(),
+        2,
+        32,
+        "seed 16, junk",
     );
 }
