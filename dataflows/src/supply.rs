@@ -127,7 +127,8 @@ pub struct SupplyConfig {
     /// a restart: they are not emitted again (0 for a fresh start).
     pub finalized_through: u64,
     /// How many of the newest open minutes get update rows (a watermark held far back by a
-    /// slow partition leaves many minutes open; the newest ones are the live view).
+    /// slow partition leaves many minutes open; the newest ones are the live view). 0 turns
+    /// update rows off: no live view is built, and only final rows come out.
     pub open_minutes: u64,
 }
 
@@ -421,7 +422,11 @@ pub fn build<'scope>(
             }
         });
 
-    let live = crate::supply_live::build(rides, locations, config);
+    let live = if config.open_minutes > 0 {
+        crate::supply_live::build(rides, locations, config)
+    } else {
+        timely::dataflow::operators::generic::operator::empty(counts.inner.scope())
+    };
     let rows = crate::supply_rows::build(counts.inner, live, config);
     CitySupply {
         rows,

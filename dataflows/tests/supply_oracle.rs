@@ -541,6 +541,19 @@ fn more_workers_than_partitions_and_an_empty_partition_do_not_stall() {
 }
 
 #[test]
+fn without_open_minutes_only_final_rows_come_out() {
+    let rides = generate_rides(17, 2, 1_000);
+    let locations = generate_locations(17, 2, 1_000);
+    let config = SupplyConfig {
+        open_minutes: 0,
+        emit_interval: Duration::ZERO,
+        ..config()
+    };
+    let run = check_against_oracle(&rides, &locations, &config, 2, 1, "seed 17, final only");
+    assert!(run.rows.iter().all(|r| r.is_final == 1));
+}
+
+#[test]
 fn open_minutes_get_update_rows_below_their_final_row() {
     let rides = generate_rides(11, 2, 3_000);
     let locations = generate_locations(11, 2, 3_000);
