@@ -7,9 +7,10 @@
 //! entity (ride or driver), so each entity's readings are on one worker, sorted by recency.
 //! At minute `m` an entity counts as its latest reading with an event minute ≤ `m`, while
 //! that reading is fresh — the same rule the differential reduces apply to final minutes.
-//! A report is a worker's complete count of the minutes `[open, through]` (its newest minute
-//! read, at most `open_minutes` of them), so `supply_rows` replaces a worker's previous
-//! report rather than adding to it. Readings that can no longer matter to an open minute (an
+//! A report is a worker's complete count of the minutes `[first, last]` it covers (the open
+//! minutes up to the newest it has read, at most `open_minutes` of them), so `supply_rows`
+//! replaces a worker's previous report rather than adding to it, and only emits the minutes
+//! every worker's report covers. Readings that can no longer matter to an open minute (an
 //! event minute `e` with `e + H` at or before the frontier) are dropped as the frontier
 //! moves, so state is bounded like the arrangements'.
 
@@ -35,9 +36,11 @@ pub(crate) struct LiveReport {
     pub worker: usize,
     /// Grows with every report of that worker.
     pub seq: u64,
-    /// The newest minute the worker has read a record of.
-    pub through: Option<u64>,
-    /// Its counts per (minute, city), for the open minutes up to `through`.
+    /// The minutes `(first, last)` it counted: the newest open minutes up to the newest
+    /// minute it has read (empty, `first > last`, when it has read nothing since the
+    /// frontier passed it); `None` while it has read nothing at all.
+    pub covers: Option<(u64, u64)>,
+    /// Its counts per (minute, city), for the minutes it covers.
     pub counts: Vec<(u64, String, SupplyCounts)>,
 }
 
@@ -200,13 +203,14 @@ impl LiveView {
             .collect()
     }
 
-    /// The newest open minutes (at most `open_minutes` of them, up to the newest read).
-    fn open_minutes(&self) -> Option<std::ops::RangeInclusive<u64>> {
+    /// The newest open minutes (at most `open_minutes` of them, up to the newest read);
+    /// empty (`first > last`) when nothing open has been read.
+    fn open_minutes(&self) -> Option<(u64, u64)> {
         let through = self.through?;
         let first = self
             .open_from
             .max((through + 1).saturating_sub(self.config.open_minutes));
-        (first <= through).then_some(first..=through)
+        Some((first, through))
     }
 }
 
@@ -223,15 +227,16 @@ struct LiveState {
 impl LiveState {
     /// Counts the newest open minutes.
     fn report(&mut self) -> LiveReport {
-        let counts = match self.view.open_minutes() {
-            Some(minutes) => self.view.counts(minutes),
-            None => BTreeMap::new(),
+        let covers = self.view.open_minutes();
+        let counts = match covers {
+            Some((first, last)) if first <= last => self.view.counts(first..=last),
+            _ => BTreeMap::new(),
         };
         self.seq += 1;
         LiveReport {
             worker: self.worker,
             seq: self.seq,
-            through: self.view.through(),
+            covers,
             counts: counts
                 .into_iter()
                 .map(|((minute, city), c)| (minute, city, c))

@@ -103,20 +103,26 @@ impl RowsState {
     }
 
     /// Update rows of open minutes whose counts changed since their last update. Waits for
-    /// a report of every worker, and stops at the least newest minute among workers that
-    /// read something, so a row never lacks a worker's share.
+    /// a report of every worker and counts only the minutes that every worker which has read
+    /// something covers, so a row never lacks a worker's share (a worker whose newest report
+    /// no longer covers a minute, or does not reach it yet, holds that minute's updates).
     fn updates(&mut self) -> Vec<CitySupplyRow> {
         if self.reports.iter().any(Option::is_none) {
             return Vec::new();
         }
         let reports = self.reports.iter().flatten();
-        let Some(through) = reports.clone().filter_map(|r| r.through).min() else {
+        let covers = reports.clone().filter_map(|r| r.covers);
+        let (Some(first), Some(through)) = (
+            covers.clone().map(|(first, _)| first).max(),
+            covers.map(|(_, last)| last).min(),
+        ) else {
             return Vec::new();
         };
+        let first = first.max(self.finalized_to);
         let mut sums: BTreeMap<(u64, &str), SupplyCounts> = BTreeMap::new();
         for report in reports {
             for (minute, city, counts) in &report.counts {
-                if *minute >= self.finalized_to && *minute <= through {
+                if (first..=through).contains(minute) {
                     sums.entry((*minute, city)).or_default().add(counts);
                 }
             }
@@ -221,4 +227,97 @@ pub(crate) fn build<'scope>(
             },
         )
         .container::<Vec<_>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(workers: usize) -> RowsState {
+        RowsState {
+            config: SupplyConfig::default(),
+            pending: BTreeMap::new(),
+            current: BTreeMap::new(),
+            finalized_to: 0,
+            reports: vec![None; workers],
+            emitted: BTreeMap::new(),
+            dirty: false,
+            last_flush: Instant::now(),
+            capability: None,
+        }
+    }
+
+    fn report(worker: usize, seq: u64, covers: Option<(u64, u64)>) -> LiveReport {
+        let waiting = SupplyCounts {
+            waiting_riders: 1,
+            events: 1,
+            ..SupplyCounts::default()
+        };
+        let counts = match covers {
+            Some((first, last)) => (first..=last)
+                .map(|m| (m, "brno".to_string(), waiting))
+                .collect(),
+            None => Vec::new(),
+        };
+        LiveReport {
+            worker,
+            seq,
+            covers,
+            counts,
+        }
+    }
+
+    fn minutes(rows: &[CitySupplyRow]) -> Vec<(i64, u64)> {
+        rows.iter()
+            .map(|r| (r.minute.0 / 60_000, r.waiting_riders))
+            .collect()
+    }
+
+    #[test]
+    fn updates_cover_only_minutes_every_worker_counted() {
+        let mut s = state(3);
+        s.record(report(0, 1, Some((5, 7))));
+        assert!(s.updates().is_empty(), "workers 1 and 2 have not reported");
+        s.record(report(1, 1, Some((6, 8))));
+        s.record(report(2, 1, None)); // read nothing: holds nothing back
+        assert_eq!(minutes(&s.updates()), [(6, 2), (7, 2)]);
+        assert!(s.updates().is_empty(), "unchanged rows are not repeated");
+        // An older report arriving late changes nothing; a worker with nothing open read
+        // since the frontier passed (first > last) holds every update.
+        s.record(report(1, 0, Some((0, 9))));
+        assert!(s.updates().is_empty());
+        s.record(report(2, 1, Some((9, 8))));
+        assert!(s.updates().is_empty());
+        s.record(report(2, 2, Some((7, 9))));
+        assert_eq!(minutes(&s.updates()), [(7, 3)]);
+        // Final minutes get no more updates.
+        s.finalize(8);
+        s.record(report(0, 2, Some((7, 9))));
+        s.record(report(1, 2, Some((7, 9))));
+        assert_eq!(minutes(&s.updates()), [(8, 3), (9, 3)]);
+    }
+
+    #[test]
+    fn final_rows_repeat_a_constant_state_for_every_minute_until_it_changes() {
+        let mut s = state(1);
+        let counts = SupplyCounts {
+            available_drivers: 2,
+            events: 2,
+            ..SupplyCounts::default()
+        };
+        s.pending
+            .entry(10)
+            .or_default()
+            .push(("wien".into(), counts, 1));
+        s.pending
+            .entry(13)
+            .or_default()
+            .push(("wien".into(), counts, -1));
+        assert_eq!(s.finalize(12).len(), 2, "minutes 10 and 11");
+        let rows = s.finalize(20);
+        assert_eq!(rows.len(), 1, "minute 12; from 13 on the city has no row");
+        assert_eq!(rows[0].minute.0, 12 * 60_000);
+        assert_eq!(rows[0].version, crate::supply_row::FINAL_VERSION_BASE + 2);
+        assert!(s.current.is_empty());
+    }
 }
