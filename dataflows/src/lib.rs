@@ -29,12 +29,14 @@
 //! - [`metrics_row`]: the output row of SPEC §4.
 //! - [`supply`]: live supply and demand per city (SPEC §5) on differential dataflow: the
 //!   latest state of every ride and driver, counts per city, final rows per minute; with
-//!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode).
+//!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode);
+//!   `latest_per_minute` thins each entity's readings to one per minute before the reduce.
 //! - [`supply_row`]: the output row of SPEC §5.
 #![deny(missing_docs)]
 
 pub mod city_metrics;
 pub mod event;
+mod latest_per_minute;
 pub mod metrics_row;
 pub mod partitioned_source;
 pub mod supply;
