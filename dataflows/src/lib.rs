@@ -12,6 +12,11 @@
 //!                   ▼ exchange by city
 //!                 CityWindows (minute buckets; final when the frontier passes a window's
 //!                 end; updates at most once per emit interval) ──► CityMetricsRow
+//!
+//!  ride events ─┬─► (the stream above)
+//!  locations ───┴─► supply: differential reduces (latest ride / driver state, counts per
+//!                   city; final when both topics' frontiers pass a minute) and a live view
+//!                   of the open minutes ──► CitySupplyRow (SPEC §5)
 //! ```
 //!
 //! A tour:
@@ -22,10 +27,20 @@
 //!   the emission rule every source shares.
 //! - [`city_metrics`]: the sliding-window operator.
 //! - [`metrics_row`]: the output row of SPEC §4.
+//! - [`supply`]: live supply and demand per city (SPEC §5) on differential dataflow: the
+//!   latest state of every ride and driver, counts per city, final rows per minute; with
+//!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode);
+//!   `latest_per_minute` thins each entity's readings to one per minute before the reduce.
+//! - [`supply_row`]: the output row of SPEC §5.
 #![deny(missing_docs)]
 
 pub mod city_metrics;
 pub mod event;
+mod latest_per_minute;
 pub mod metrics_row;
 pub mod partitioned_source;
+pub mod supply;
+pub mod supply_live;
+pub mod supply_row;
+pub mod supply_rows;
 pub mod watermark;

@@ -3,10 +3,15 @@
 //!
 //! Each worker owns the partitions `p` with `p % peers == index`, reads them in order in
 //! bounded round-robin batches, judges lateness with a [`WatermarkTracker`], and emits
-//! [`SourcedEvent`]s through [`EventStamper`]: on-time events at their event minute, late ones
-//! at the held capability. Its capability follows the watermark; a finished partition stops
+//! [`Sourced`] records through [`EventStamper`]: on-time records at their event minute, late
+//! ones at the held capability. Its capability follows the watermark; a finished partition stops
 //! holding it, and when all are finished the capability is dropped (the `--until-end`
 //! semantics: every window becomes final).
+//!
+//! The machinery is generic over the record read ([`EventTime`]): ride events
+//! ([`SourcedEvent`]) and driver locations ([`SourcedLocation`]) share it, and each topic's
+//! source has its own tracker, so a location is judged late against its own partition of
+//! `driver-locations` only (SPEC §3's rule, applied per partition of each topic).
 
 use std::time::{Duration, Instant};
 
@@ -15,21 +20,46 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::event::RideEvent;
+use crate::event::{DriverLocation, RideEvent};
 use crate::watermark::{MarksBoard, MarksPost, WatermarkTracker};
 
-/// A valid event as a source read it, with where it came from and the lateness verdict.
+/// A record with an event time: what a source needs to judge lateness and stamp it.
+pub trait EventTime {
+    /// The event time in milliseconds since the Unix epoch.
+    fn event_ms(&self) -> i64;
+}
+
+impl EventTime for RideEvent {
+    fn event_ms(&self) -> i64 {
+        self.timestamp.millis()
+    }
+}
+
+impl EventTime for DriverLocation {
+    fn event_ms(&self) -> i64 {
+        self.timestamp.millis()
+    }
+}
+
+/// A valid record as a source read it, with where it came from and the lateness verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SourcedEvent {
+pub struct Sourced<R> {
     /// The partition it was read from.
     pub partition: u32,
     /// Its offset in the partition.
     pub offset: u64,
-    /// The event.
-    pub event: RideEvent,
-    /// SPEC §3's verdict: a late event adds to no window.
+    /// The record (named `event` for every kind: a ride event or a driver location).
+    pub event: R,
+    /// SPEC §3's verdict, judged against the record's own partition: a late record adds to
+    /// no window and changes no state.
     pub late: bool,
 }
+
+/// A ride event as read from `ride-events`.
+pub type SourcedEvent = Sourced<RideEvent>;
+
+/// A driver location as read from `driver-locations`.
+pub type SourcedLocation = Sourced<DriverLocation>;
 
 /// The minute (timely timestamp) of an event time in milliseconds.
 pub fn minute_of(ms: i64) -> u64 {
@@ -64,18 +94,18 @@ impl EventStamper {
     /// Judges an event read from `partition` and returns it with the capability to send it
     /// at: its own minute when on time, the held capability when late (per-partition rule,
     /// or a minute that is already final, which happens only to a partition that was idle).
-    pub fn stamp(
+    pub fn stamp<R: EventTime>(
         &mut self,
         partition: u32,
         offset: u64,
-        event: RideEvent,
+        event: R,
         now: Instant,
-    ) -> (Capability<u64>, SourcedEvent) {
+    ) -> (Capability<u64>, Sourced<R>) {
         let held = self
             .capability
             .as_ref()
             .expect("a source stamps only while it holds a capability");
-        let millis = event.timestamp.millis();
+        let millis = event.event_ms();
         let mut late = self.tracker.observe(partition, millis, now);
         let minute = minute_of(millis);
         if minute < *held.time() {
@@ -88,7 +118,7 @@ impl EventStamper {
         };
         (
             capability,
-            SourcedEvent {
+            Sourced {
                 partition,
                 offset,
                 event,
@@ -165,14 +195,18 @@ impl Default for ReplayConfig {
 }
 
 /// A source reading `partitions[p]` (in order) as partition `p`; this worker reads those
-/// with `p % peers == index`.
-pub fn replay<'scope>(
+/// with `p % peers == index`. Works for ride events and driver locations alike; a dataflow
+/// reading both topics builds one source per topic, each with its own partitions and clocks.
+pub fn replay<'scope, R>(
     scope: Scope<'scope, u64>,
-    partitions: &[Vec<RideEvent>],
+    partitions: &[Vec<R>],
     config: ReplayConfig,
-) -> StreamVec<'scope, u64, SourcedEvent> {
+) -> StreamVec<'scope, u64, Sourced<R>>
+where
+    R: EventTime + Clone + 'static,
+{
     let (index, peers) = (scope.index(), scope.peers());
-    let mut mine: Vec<(u32, std::vec::IntoIter<RideEvent>, u64)> = partitions
+    let mut mine: Vec<(u32, std::vec::IntoIter<R>, u64)> = partitions
         .iter()
         .enumerate()
         .filter(|(p, _)| p % peers == index)
