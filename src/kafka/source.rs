@@ -239,6 +239,9 @@ struct OwnedPartition {
     rebuild: BTreeMap<u64, (i64, Option<i64>)>,
     /// Paused by watermark alignment (too far ahead of the job's watermark).
     paused: bool,
+    /// The event time of the first on-time event this run read from it (alignment's
+    /// reference while the job's watermark is still unknown).
+    first_ms: Option<i64>,
 }
 
 impl OwnedPartition {
@@ -323,6 +326,7 @@ pub fn kafka_source<'scope>(
             sent: start,
             rebuild: BTreeMap::new(),
             paused: false,
+            first_ms: None,
         });
     }
     consumer.assign(&assignment)?;
@@ -414,6 +418,7 @@ pub fn kafka_source<'scope>(
                         if !sourced.late {
                             let minute = minute_of(sourced.event.timestamp.millis());
                             slot.rebuild.entry(minute).or_insert((offset, before));
+                            slot.first_ms.get_or_insert(sourced.event.timestamp.millis());
                         }
                         if owns(&config.cities, &sourced.event.city) {
                             counters.events.fetch_add(1, Ordering::Relaxed);
@@ -593,6 +598,12 @@ pub fn kafka_source<'scope>(
 /// the leaders wait and the laggards are fetched, so windows close progressively and the
 /// checkpoints' resume point advances. The partition holding the watermark is never ahead
 /// of it, so alignment cannot stall the job; finished and idle partitions do not hold it.
+///
+/// While the watermark is still unknown (a partition has delivered nothing yet), the
+/// reference is the earliest first event time this worker read: a partition that ran
+/// `max_drift_ms` past it waits, so the broker serves the partitions that have delivered
+/// nothing, and the watermark becomes known after one chunk of each rather than after
+/// whole partitions. Once every partition has delivered, the watermark takes over.
 fn align(
     consumer: &BaseConsumer<settings::ConsumerLog>,
     topic: &str,
@@ -601,10 +612,15 @@ fn align(
     max_drift_ms: i64,
     worker: usize,
 ) {
-    let Some(watermark) = stamper.tracker.published_ms() else {
+    let lateness = stamper.tracker.lateness_ms();
+    let earliest_start = owned.iter().filter_map(|s| s.first_ms).min();
+    let Some(watermark) = stamper
+        .tracker
+        .published_ms()
+        .or(earliest_start.map(|ms| ms - lateness))
+    else {
         return;
     };
-    let lateness = stamper.tracker.lateness_ms();
     // A finished partition is paused for good by the read loop.
     for slot in owned.iter_mut().filter(|s| !s.finished) {
         let ahead = stamper
