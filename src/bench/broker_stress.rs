@@ -75,6 +75,33 @@ struct Tally {
     checksum: u64,
 }
 
+/// What one producer delivered.
+#[derive(Clone, Debug, Serialize)]
+struct Produced {
+    delivered: u64,
+    failed: u64,
+    seconds: f64,
+    error: Option<String>,
+}
+
+impl Produced {
+    /// Waits for every delivery report (up to 10 minutes) and counts them.
+    fn finish(producer: &CountingProducer, started: Instant) -> Produced {
+        let result = producer.finish(Duration::from_secs(600));
+        let stats = producer.stats();
+        Produced {
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.seconds.max(1e-9)
+    }
+}
+
 /// One topic to read: its name, partition count and whether its messages carry the four
 /// dead-letter headers.
 #[derive(Clone, Debug)]
@@ -497,7 +524,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     for set in &sets {
         for spec in topics::contract_topics(set) {
             all.push(TopicRead {
-                dead_letters: spec.name == set.topics.dead_letters,
+                dead_letters: spec.name == sets[0].topics.dead_letters,
                 name: spec.name,
                 partitions: spec.partitions,
             });
@@ -552,11 +579,23 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         );
         std::thread::spawn(move || read(&reads, &group, &ends, true, &read_so_far))
     };
-    let every = Reads {
-        brokers: brokers.clone(),
-        topics: all.clone(),
-        stall_limit,
-    };
+    let (load, every, fillers) = (
+        Reads {
+            brokers: brokers.clone(),
+            topics: all[..2].to_vec(),
+            stall_limit,
+        },
+        Reads {
+            brokers: brokers.clone(),
+            topics: all.clone(),
+            stall_limit,
+        },
+        Reads {
+            brokers: brokers.clone(),
+            topics: all[2..].to_vec(),
+            stall_limit,
+        },
+    );
     let produce_started = Instant::now();
     let dead_letters = {
         let (brokers, dead, count, source) = (
@@ -565,10 +604,13 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
             options.dead_letters,
             rides.clone(),
         );
-        std::thread::spawn(move || -> anyhow::Result<f64> {
+        std::thread::spawn(move || -> anyhow::Result<Produced> {
             let producer = CountingProducer::new(&brokers, &dead, "ridepulse-broker-stress-dlq")?;
             let started = Instant::now();
             for i in 0..count {
+                if i % 4096 == 0 && producer.stats().failed.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
                 let key = format!("ride-dead-{i}");
                 let payload = format!(
                     "{{\"event_type\":\"requested\",\"ride_id\":\"ride-dead-{i}\",\"timestamp\":\"not a time\",\"city\":\"london\",\"user_id\":\"user-{i}\"}}"
@@ -583,26 +625,28 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                     });
                 producer.send(Some(key.as_bytes()), payload.as_bytes(), Some(headers))?;
             }
-            producer.finish(Duration::from_secs(600))?;
-            Ok(started.elapsed().as_secs_f64())
+            Ok(Produced::finish(&producer, started))
         })
     };
-    let rides_seconds = {
+    let rides_produced = {
         let producer = CountingProducer::new(&brokers, &rides, "ridepulse-broker-stress-rides")?;
         let reader = BufReader::with_capacity(
             1 << 20,
             std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?,
         );
-        for line in reader.split(b'\n') {
+        for (n, line) in reader.split(b'\n').enumerate() {
+            // a broker that lost a message will lose the rest: stop, and report it.
+            if n % 4096 == 0 && producer.stats().failed.load(Ordering::Relaxed) > 0 {
+                break;
+            }
             let line = line.with_context(|| format!("cannot read {}", file.display()))?;
             let key = partitioner::ride_id_key(&line);
             producer.send(key.as_deref().map(str::as_bytes), &line, None)?;
         }
-        producer.finish(Duration::from_secs(600))?;
-        produce_started.elapsed().as_secs_f64()
+        Produced::finish(&producer, produce_started)
     };
-    let dead_seconds = dead_letters
+    let dead_produced = dead_letters
         .join()
         .map_err(|_| anyhow::anyhow!("the dead-letter producer panicked"))??;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
@@ -617,20 +661,37 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the following consumer panicked"))??;
     bar.finish_and_clear();
 
-    // 3. catch-up: a fresh group reads every topic from the oldest offset.
+    // 3. catch-up: a fresh group reads the load's two topics from the oldest offset, as the
+    // job does after a pause; then the 18 small topics are read too (the restart compares
+    // every partition).
     probe.set_phase("catch-up");
     let bar = super::spinner(format!(
         "broker-stress {label}: catch-up over the whole backlog"
     ));
     let catch_up_ends = OnceLock::new();
-    let _ = catch_up_ends.set(ends.clone());
+    let _ = catch_up_ends.set(ends[..2].to_vec());
     let catch_up = read(
-        &every,
+        &load,
         &format!("bench-{}-stress-catch-up", bench.run),
         &catch_up_ends,
         false,
         &AtomicU64::new(0),
     )?;
+    let filler_ends = OnceLock::new();
+    let _ = filler_ends.set(ends[2..].to_vec());
+    let filler_read = read(
+        &fillers,
+        &format!("bench-{}-stress-fillers", bench.run),
+        &filler_ends,
+        false,
+        &AtomicU64::new(0),
+    )?;
+    let before: Vec<Vec<Tally>> = catch_up
+        .tallies
+        .iter()
+        .chain(&filler_read.tallies)
+        .cloned()
+        .collect();
     bar.finish_and_clear();
     let produced: u64 = ends.iter().flatten().map(|&e| e as u64).sum();
 
@@ -686,7 +747,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 .iter()
                 .enumerate()
                 .flat_map(|(t, topic)| {
-                    let (before, after) = (&catch_up.tallies[t], &after.tallies[t]);
+                    let (before, after) = (&before[t], &after.tallies[t]);
                     (0..topic.partitions as usize)
                         .filter(move |&p| before[p] != after[p])
                         .map(move |p| {
@@ -705,15 +766,17 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 "committed_offset_before": committed_before,
                 "committed_offset_after": committed_after,
                 "read_after_restart": after,
-                "every_message_survived": differing.is_empty() && after.completed && catch_up.completed,
+                "every_message_survived": differing.is_empty() && after.completed && catch_up.completed && filler_read.completed,
             }))
         }
     };
     let commits = probe.finish();
 
     // figures
-    let ride_rate = events as f64 / rides_seconds;
-    let dead_rate = options.dead_letters as f64 / dead_seconds;
+    let produce_ok = rides_produced.error.is_none()
+        && dead_produced.error.is_none()
+        && rides_produced.delivered == events
+        && dead_produced.delivered == options.dead_letters;
     let unanswered = commits.iter().filter(|c| !c.answered()).count();
     let max_commit = commits.iter().map(|c| c.latency_ms).fold(0.0, f64::max);
     let stall_ok = catch_up.completed && catch_up.longest_pause_s <= STALL_LIMIT_S;
@@ -732,14 +795,24 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     f(
         bench,
         "produce: ride events/s (12 partitions)",
-        format!("{ride_rate:.0} ({events} in {rides_seconds:.1} s)"),
+        format!(
+            "{:.0} ({} of {events} acknowledged in {:.1} s, {} failed)",
+            rides_produced.rate(),
+            rides_produced.delivered,
+            rides_produced.seconds,
+            rides_produced.failed
+        ),
     );
     f(
         bench,
         "produce: dead letters/s (3 partitions, 4 headers)",
         format!(
-            "{dead_rate:.0} ({} in {dead_seconds:.1} s)",
-            options.dead_letters
+            "{:.0} ({} of {} acknowledged in {:.1} s, {} failed)",
+            dead_produced.rate(),
+            dead_produced.delivered,
+            options.dead_letters,
+            dead_produced.seconds,
+            dead_produced.failed
         ),
     );
     f(
@@ -747,7 +820,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         "while producing: consumer read, longest pause (s)",
         format!(
             "{read_when_produced} of {} by the end, {:.1}",
-            events + options.dead_letters,
+            rides_produced.delivered + dead_produced.delivered,
             live.longest_pause_s
         ),
     );
@@ -830,6 +903,11 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     f(bench, "accept: no stall over 5 s", verdict(stall_ok));
     f(
         bench,
+        "accept: every message produced was acknowledged",
+        verdict(produce_ok),
+    );
+    f(
+        bench,
         "accept: the coordinator answered throughout",
         verdict(coordinator_ok),
     );
@@ -846,14 +924,14 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                "stall_limit_s": options.stall_limit, "file": file.display().to_string()}),
         json!({
             "topics_seconds": topics_seconds,
-            "produce": {"ride_events_per_sec": ride_rate, "ride_seconds": rides_seconds,
-                        "dead_letters_per_sec": dead_rate, "dead_letter_seconds": dead_seconds,
-                        "seconds": produce_seconds, "messages": produced},
+            "produce": {"ride_events": rides_produced, "ride_events_per_sec": rides_produced.rate(),
+                        "dead_letters": dead_produced, "dead_letters_per_sec": dead_produced.rate(),
+                        "seconds": produce_seconds, "messages_retained": produced},
             "while_producing": {"read_by_end_of_produce": read_when_produced, "report": live},
             "catch_up": catch_up,
             "coordinator": summary_of(&commits),
             "restart": restart,
-            "acceptance": {"no_stall_over_5s": stall_ok, "coordinator_answered": coordinator_ok,
+            "acceptance": {"every_message_acknowledged": produce_ok, "no_stall_over_5s": stall_ok, "coordinator_answered": coordinator_ok,
                            "every_message_survived": survived},
         }),
         json!({"commits": commits}),
