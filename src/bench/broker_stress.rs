@@ -777,6 +777,12 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         && dead_produced.error.is_none()
         && rides_produced.delivered == events
         && dead_produced.delivered == options.dead_letters;
+    // what the broker says it holds (high watermarks) against what it acknowledged: fewer
+    // means acknowledged messages were lost or overwritten.
+    let retained = |t: usize| ends[t].iter().map(|&e| e as u64).sum::<u64>();
+    let (rides_retained, dead_retained) = (retained(0), retained(1));
+    let retained_ok =
+        rides_retained == rides_produced.delivered && dead_retained == dead_produced.delivered;
     let unanswered = commits.iter().filter(|c| !c.answered()).count();
     let max_commit = commits.iter().map(|c| c.latency_ms).fold(0.0, f64::max);
     let stall_ok = catch_up.completed && catch_up.longest_pause_s <= STALL_LIMIT_S;
@@ -908,6 +914,14 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     );
     f(
         bench,
+        "accept: the broker holds every acknowledged message",
+        format!(
+            "{} (high watermarks: {rides_retained} + {dead_retained})",
+            verdict(retained_ok)
+        ),
+    );
+    f(
+        bench,
         "accept: the coordinator answered throughout",
         verdict(coordinator_ok),
     );
@@ -931,7 +945,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
             "catch_up": catch_up,
             "coordinator": summary_of(&commits),
             "restart": restart,
-            "acceptance": {"every_message_acknowledged": produce_ok, "no_stall_over_5s": stall_ok, "coordinator_answered": coordinator_ok,
+            "acceptance": {"every_message_acknowledged": produce_ok, "every_acknowledged_message_held": retained_ok, "no_stall_over_5s": stall_ok, "coordinator_answered": coordinator_ok,
                            "every_message_survived": survived},
         }),
         json!({"commits": commits}),
