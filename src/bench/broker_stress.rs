@@ -651,7 +651,69 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the dead-letter producer panicked"))??;
     let produce_seconds = produce_started.elapsed().as_secs_f64();
     let read_when_produced = live_read.load(Ordering::Relaxed);
-    let ends = high_watermarks(&brokers, &all)?;
+    // a wedged broker may not even answer for its watermarks: give it two minutes, then
+    // report what was measured instead of failing without figures.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ends = loop {
+        match high_watermarks(&brokers, &all) {
+            Ok(ends) => break ends,
+            Err(error) if Instant::now() > deadline => {
+                bar.finish_and_clear();
+                let commits = probe.finish();
+                let unanswered = commits.iter().filter(|c| !c.answered()).count();
+                let f = |bench: &mut Bench, name: &str, value: String| {
+                    bench.figure("broker", format!("{label}: {name}"), value);
+                };
+                for (name, produced, wanted) in [
+                    ("ride events", &rides_produced, events),
+                    ("dead letters", &dead_produced, options.dead_letters),
+                ] {
+                    f(
+                        bench,
+                        &format!("produce: {name} acknowledged"),
+                        format!(
+                            "{} of {wanted} in {:.1} s, {} failed: {}",
+                            produced.delivered,
+                            produced.seconds,
+                            produced.failed,
+                            produced.error.as_deref().unwrap_or("-")
+                        ),
+                    );
+                }
+                f(
+                    bench,
+                    "coordinator: commits, unanswered (>5 s or error)",
+                    format!("{}, {unanswered}", commits.len()),
+                );
+                f(
+                    bench,
+                    "accept: all",
+                    format!("FAIL: no watermarks within 120 s after producing ({error:#})"),
+                );
+                let path = bench.save(
+                    &format!("broker-stress-{label}"),
+                    json!({"label": label, "brokers": brokers, "events": events, "dead_letters": options.dead_letters}),
+                    json!({"produce": {"ride_events": rides_produced, "dead_letters": dead_produced,
+                                       "seconds": produce_seconds},
+                           "while_producing": {"read_by_end_of_produce": read_when_produced},
+                           "coordinator": summary_of(&commits),
+                           "wedged": format!("{error:#}"),
+                           "acceptance": {"every_message_acknowledged": false}}),
+                    json!({"commits": commits}),
+                )?;
+                bench.figure(
+                    "broker",
+                    format!("{label}: results"),
+                    path.display().to_string(),
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(%error, brokers, "no watermarks yet; retrying");
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    };
     let _ = live_ends.set(ends[..2].to_vec());
     bar.set_message(format!(
         "broker-stress {label}: the following consumer finishes"
