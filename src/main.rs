@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         threshold: f64,
     },
-    /// Benchmarks of the whole job: engine, kafka, freshness, soak (see scripts/bench).
+    /// Benchmarks: engine, kafka, freshness, soak, broker-stress (see scripts/bench).
     Bench(ridepulse::bench::BenchOptions),
     /// Jobs per city set on the processes of workers.toml, supervised and restarted.
     Job {

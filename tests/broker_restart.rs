@@ -1,7 +1,9 @@
 //! A broker restart (`scripts/stack down` + `up`) keeps the topics and their messages.
 //!
-//! Runs its own Tansu on a free port with its own state folder, so it never disturbs the
-//! shared local stack or tests running beside it.
+//! Runs its own Tansu (and, on the postgres engine, its own PostgreSQL) on free ports with
+//! its own state folder, so it never disturbs the shared local stack or tests running beside
+//! it. It runs on the stack's default engine, or on RIDEPULSE_STACK_KAFKA_ENGINE when that
+//! names one that keeps data (memory:// keeps nothing, so it is never used here).
 
 mod common;
 
@@ -12,15 +14,31 @@ use std::process::Command;
 use common::Namespace;
 use ridepulse::kafka::plain_consumer::read_all;
 
-fn stack(state: &Path, port: u16, action: &str) {
+/// Two distinct free ports (both held while asked for, so they differ).
+fn free_ports() -> (u16, u16) {
+    let (a, b) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+fn stack(state: &Path, port: u16, postgres_port: u16, action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(script)
         .args([action, "tansu"])
         .env("RIDEPULSE_STACK_DIR", state)
         .env("RIDEPULSE_STACK_KAFKA_PORT", port.to_string())
-        .output()
-        .unwrap();
+        .env("RIDEPULSE_STACK_POSTGRES_PORT", postgres_port.to_string());
+    if std::env::var("RIDEPULSE_STACK_KAFKA_ENGINE").is_ok_and(|engine| engine == "memory") {
+        command.env_remove("RIDEPULSE_STACK_KAFKA_ENGINE");
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "stack {action}: {}",
@@ -30,14 +48,10 @@ fn stack(state: &Path, port: u16, action: &str) {
 
 #[test]
 fn topics_and_messages_survive_a_broker_restart() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, postgres_port) = free_ports();
     let state = std::env::temp_dir().join(format!("ridepulse-restart-{}", std::process::id()));
     std::fs::create_dir_all(&state).unwrap();
-    stack(&state, port, "up");
+    stack(&state, port, postgres_port, "up");
     std::env::set_var("RIDEPULSE_KAFKA_BROKERS", format!("127.0.0.1:{port}"));
     let ns = Namespace::new("restart");
     ns.create_topics();
@@ -55,8 +69,8 @@ fn topics_and_messages_survive_a_broker_restart() {
         read_all(&ns.config.kafka.brokers, &ns.config.topics.driver_locations).unwrap();
     assert_eq!(before.len(), 1000);
 
-    stack(&state, port, "down");
-    stack(&state, port, "up");
+    stack(&state, port, postgres_port, "down");
+    stack(&state, port, postgres_port, "up");
 
     let again = ns.run(&["topics", "create"]);
     assert_eq!(
@@ -72,6 +86,6 @@ fn topics_and_messages_survive_a_broker_restart() {
     let locations_after =
         read_all(&ns.config.kafka.brokers, &ns.config.topics.driver_locations).unwrap();
     assert_eq!(locations_after, locations_before);
-    stack(&state, port, "down");
+    stack(&state, port, postgres_port, "down");
     std::fs::remove_dir_all(&state).ok();
 }

@@ -11,11 +11,14 @@
 //!   the producer to the first `city_metrics` row that counts it being visible in
 //!   ClickHouse (polled every 100 ms): p50, p95, p99, max.
 //! - `soak`: a live job at 50,000 events/min for a while; RSS and throughput sampled.
+//! - `broker-stress`: the broker alone under a large backlog, a dead-letter flood, 20
+//!   topics and a restart ([`broker_stress`]).
 //!
 //! The job always runs as a child process (this binary), so its memory is its own. Each
 //! scenario writes `bench-results/<scenario>-<run>.json` (machine, versions, parameters,
 //! figures, samples) and PNG plots, and the run ends with a table of every figure.
 
+pub mod broker_stress;
 pub mod plot;
 pub mod sampler;
 
@@ -37,9 +40,9 @@ use sampler::{Sample, Sampler};
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
     /// Scenarios to run, in order.
-    #[arg(required = true, value_parser = ["engine", "kafka", "freshness", "soak"])]
+    #[arg(required = true, value_parser = ["engine", "kafka", "freshness", "soak", "broker-stress"])]
     pub scenarios: Vec<String>,
-    /// Events in the generated file (engine, kafka).
+    /// Events in the generated file (engine, kafka; broker-stress's backlog).
     #[arg(long, default_value_t = 2_000_000)]
     pub events: u64,
     /// Worker counts for engine.
@@ -60,6 +63,9 @@ pub struct BenchOptions {
     /// Where generated event files are kept between runs.
     #[arg(long, default_value = "/tmp/ridepulse-bench")]
     pub data: PathBuf,
+    /// broker-stress: the local broker under load, floods and a restart.
+    #[command(flatten)]
+    pub stress: broker_stress::StressOptions,
 }
 
 /// One figure for the final table.
@@ -99,8 +105,9 @@ pub fn run(config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
             "kafka" => bench.kafka()?,
             "freshness" => bench.freshness()?,
             "soak" => bench.soak()?,
+            "broker-stress" => broker_stress::run(&mut bench)?,
             other => bail!(
-                "unknown scenario `{other}` (ridepulse bench knows engine, kafka, freshness, soak)"
+                "unknown scenario `{other}` (ridepulse bench knows engine, kafka, freshness, soak, broker-stress)"
             ),
         }
     }

@@ -55,9 +55,20 @@ fn base(brokers: &str, client_id: &str) -> ClientConfig {
     config
 }
 
-/// For the AdminClient (topic creation and listing).
+/// For the AdminClient (topic creation and listing) and watermark look-ups.
 pub fn admin(brokers: &str) -> ClientConfig {
-    base(brokers, "ridepulse-admin")
+    let mut config = base(brokers, "ridepulse-admin");
+    read_uncommitted(&mut config);
+    config
+}
+
+/// ridepulse writes no transactions, so read_committed (librdkafka's default) buys nothing;
+/// and Tansu 0.6.0's postgres engine answers a read_committed ListOffsets(latest) (every
+/// high-watermark look-up) with SQL that PostgreSQL 15 rejects (an unaliased subquery),
+/// while its read_uncommitted query works (docs/local-broker.md).
+fn read_uncommitted(config: &mut ClientConfig) {
+    config.set("isolation.level", "read_uncommitted");
+    apply_extra(config);
 }
 
 /// For producers of ride events, locations, aggregates and dead letters (`idempotent`:
@@ -119,7 +130,7 @@ pub fn consumer(brokers: &str, group_id: &str, client_id: &str) -> ClientConfig 
         .set("queued.max.messages.kbytes", "262144")
         // retry a failed fetch quickly rather than after the 500 ms default.
         .set("fetch.error.backoff.ms", "50");
-    apply_extra(&mut config);
+    read_uncommitted(&mut config);
     config
 }
 
