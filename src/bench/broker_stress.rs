@@ -539,7 +539,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     all.sort_by_key(|t| (t.name != rides, t.name != dead));
     for topic in &all[2..] {
         bar.set_message(format!("broker-stress {label}: filling {}", topic.name));
-        let producer = CountingProducer::new(&brokers, &topic.name, "ridepulse-broker-stress")?;
+        let producer = CountingProducer::new(&bench.base.kafka, &topic.name, "ridepulse-broker-stress")?;
         for i in 0..FILLER_MESSAGES {
             let key = format!("filler-{i}");
             producer.send(
@@ -598,14 +598,14 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     );
     let produce_started = Instant::now();
     let dead_letters = {
-        let (brokers, dead, count, source) = (
-            brokers.clone(),
+        let (kafka, dead, count, source) = (
+            bench.base.kafka.clone(),
             dead.clone(),
             options.dead_letters,
             rides.clone(),
         );
         std::thread::spawn(move || -> anyhow::Result<Produced> {
-            let producer = CountingProducer::new(&brokers, &dead, "ridepulse-broker-stress-dlq")?;
+            let producer = CountingProducer::new(&kafka, &dead, "ridepulse-broker-stress-dlq")?;
             let started = Instant::now();
             for i in 0..count {
                 if i % 4096 == 0 && producer.stats().failed.load(Ordering::Relaxed) > 0 {
@@ -629,7 +629,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         })
     };
     let rides_produced = {
-        let producer = CountingProducer::new(&brokers, &rides, "ridepulse-broker-stress-rides")?;
+        let producer = CountingProducer::new(&bench.base.kafka, &rides, "ridepulse-broker-stress-rides")?;
         let reader = BufReader::with_capacity(
             1 << 20,
             std::fs::File::open(&file)
