@@ -539,7 +539,8 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
     all.sort_by_key(|t| (t.name != rides, t.name != dead));
     for topic in &all[2..] {
         bar.set_message(format!("broker-stress {label}: filling {}", topic.name));
-        let producer = CountingProducer::new(&bench.base.kafka, &topic.name, "ridepulse-broker-stress")?;
+        let producer =
+            CountingProducer::new(&bench.base.kafka, &topic.name, "ridepulse-broker-stress")?;
         for i in 0..FILLER_MESSAGES {
             let key = format!("filler-{i}");
             producer.send(
@@ -629,7 +630,8 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
         })
     };
     let rides_produced = {
-        let producer = CountingProducer::new(&bench.base.kafka, &rides, "ridepulse-broker-stress-rides")?;
+        let producer =
+            CountingProducer::new(&bench.base.kafka, &rides, "ridepulse-broker-stress-rides")?;
         let reader = BufReader::with_capacity(
             1 << 20,
             std::fs::File::open(&file)

@@ -301,17 +301,14 @@ pub fn kafka_source<'scope>(
         let (low, high) =
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
         let checkpoint = shared.resume.partitions.get(&(partition as u32));
-        let start = checkpoint.map_or(low, |c| c.next_offset.max(low));
-        if let Some(gap) = checkpoint
-            .map(|c| low - c.next_offset)
-            .filter(|gap| *gap > 0)
-        {
+        let (start, gap) = resume_point(checkpoint.map(|c| c.next_offset), low);
+        if gap > 0 {
             // Never silent: the open windows of the checkpoint lose these messages.
             warn!(worker, partition, checkpoint = checkpoint.map(|c| c.next_offset), low, lost = gap, topic = %config.topic, "retention deleted messages after the job's checkpoint; resuming at the oldest retained offset (windows those messages belonged to end with fewer events; their complete final rows, if written, are kept)");
             shared
                 .counters
                 .retention_gap
-                .fetch_add(gap as u64, Ordering::Relaxed);
+                .fetch_add(gap, Ordering::Relaxed);
         }
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(start))?;
         let written_to = checkpoint.map_or(start, |c| c.written_to.max(start));
@@ -657,6 +654,17 @@ fn align(
     }
 }
 
+/// Where a partition resumes: its checkpoint's offset, or the oldest retained offset `low`
+/// when retention deleted messages after the checkpoint (or there is none); and how many
+/// messages the job lost that way (0 for a fresh start, which has nothing to lose).
+fn resume_point(checkpoint: Option<i64>, low: i64) -> (i64, u64) {
+    match checkpoint {
+        Some(next) if next < low => (low, (low - next) as u64),
+        Some(next) => (next, 0),
+        None => (low, 0),
+    }
+}
+
 /// The high watermark librdkafka cached from the last fetch response for a partition, with
 /// no broker round trip (asking the broker would queue behind a long fetch on the same
 /// connection). `None` until a fetch has answered for it.
@@ -680,4 +688,17 @@ fn cached_high_watermark(
     };
     (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_point;
+
+    #[test]
+    fn a_checkpoint_behind_retention_is_counted_not_silently_skipped() {
+        assert_eq!(resume_point(Some(100), 40), (100, 0));
+        assert_eq!(resume_point(Some(40), 40), (40, 0));
+        assert_eq!(resume_point(Some(10), 40), (40, 30));
+        assert_eq!(resume_point(None, 40), (40, 0));
+    }
 }
