@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::{send_signal, snapshot, temp_dir, Namespace};
 
-fn stack(state: &Path, port: u16, action: &str) {
+fn stack(state: &Path, port: u16, postgres_port: u16, action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
     let output = Command::new("bash")
         .arg(script)
         .args([action, "tansu"])
         .env("RIDEPULSE_STACK_DIR", state)
         .env("RIDEPULSE_STACK_KAFKA_PORT", port.to_string())
+        .env("RIDEPULSE_STACK_POSTGRES_PORT", postgres_port.to_string())
         .output()
         .unwrap();
     assert!(
@@ -41,13 +42,16 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, postgres_port) = (free(), free());
     let state = temp_dir("broker-live");
-    stack(&state, port, "up");
+    stack(&state, port, postgres_port, "up");
     let ns = Namespace::new("brokerlive").with("kafka.brokers", &format!("127.0.0.1:{port}"));
     ns.create_topics();
     ns.migrate();
@@ -77,13 +81,13 @@ fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
     });
 
     // The broker goes away under the running job, and comes back 5 s later.
-    stack(&state, port, "down");
+    stack(&state, port, postgres_port, "down");
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         job.try_wait().unwrap().is_none(),
         "the job must wait, not fail"
     );
-    stack(&state, port, "up");
+    stack(&state, port, postgres_port, "up");
     ns.run(&["simulate", "--replay", rest.to_str().unwrap()]);
     wait_for(
         "every event after the restart",
@@ -100,7 +104,7 @@ fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
     assert_eq!(snapshot(&ns), snapshot(&clean));
     let dead = |n: &Namespace| n.scalar("SELECT count() FROM dead_letters FINAL");
     assert_eq!(dead(&ns), dead(&clean));
-    stack(&state, port, "down");
+    stack(&state, port, postgres_port, "down");
     std::fs::remove_dir_all(&state).ok();
     std::fs::remove_dir_all(&dir).ok();
 }
