@@ -134,3 +134,32 @@ impl KafkaError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn delivery_errors_are_retried_refused_or_fatal() {
+        for code in [
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::NotLeaderForPartition,
+            C::RequestTimedOut,
+        ] {
+            assert_eq!(delivery_disposition(code), Disposition::Retry, "{code:?}");
+        }
+        for code in [C::MessageSizeTooLarge, C::InvalidRecord, C::InvalidMessage] {
+            assert_eq!(delivery_disposition(code), Disposition::Refuse, "{code:?}");
+        }
+        for code in [
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::Fatal,
+        ] {
+            assert_eq!(delivery_disposition(code), Disposition::Fatal, "{code:?}");
+        }
+    }
+}
