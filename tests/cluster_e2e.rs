@@ -222,7 +222,7 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
         "--name",
         "west",
         "--cities",
-        "london,Paris,munich",
+        "london,paris,munich",
     ]);
     assert!(submitted.contains("job west running"), "{submitted}");
     let refused = jobs.try_run(&[
