@@ -198,8 +198,10 @@ fn a_quarter_of_invalid_messages_is_dead_lettered_once_and_the_valid_rest_is_exa
     let (mixed_summary, mixed_took) = run_until_end(&mixed_ns, "flood");
 
     // What the broker needs to accept 100,000 dead-letter-like writes (with headers).
-    let scratch = format!("{}-scratch", mixed_ns.config.topics.dead_letters);
-    let producer = CountingProducer::new(&mixed_ns.config.kafka, &scratch, "it-scratch").unwrap();
+    // (into the clean namespace's dead-letter topic: 3 partitions, empty, since its run had
+    // no invalid message, and present on every broker, auto-creation or not)
+    let scratch = &clean_ns.config.topics.dead_letters;
+    let producer = CountingProducer::new(&clean_ns.config.kafka, scratch, "it-scratch").unwrap();
     let started = Instant::now();
     for (i, line) in mixed.iter().skip(3).step_by(4).enumerate() {
         let headers = rdkafka::message::OwnedHeaders::new()
