@@ -8,29 +8,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{send_signal, snapshot, temp_dir, Namespace};
-
-fn stack(state: &Path, port: u16, postgres_port: u16, action: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
-    let output = Command::new("bash")
-        .arg(script)
-        .args([action, "tansu"])
-        .env("RIDEPULSE_STACK_DIR", state)
-        .env("RIDEPULSE_STACK_KAFKA_PORT", port.to_string())
-        .env("RIDEPULSE_STACK_POSTGRES_PORT", postgres_port.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "stack {action}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -42,16 +23,9 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, postgres_port) = (free(), free());
+    let (port, postgres_port) = common::free_ports();
     let state = temp_dir("broker-live");
-    stack(&state, port, postgres_port, "up");
+    common::private_broker(&state, port, postgres_port, "up");
     let ns = Namespace::new("brokerlive").with("kafka.brokers", &format!("127.0.0.1:{port}"));
     ns.create_topics();
     ns.migrate();
@@ -81,13 +55,13 @@ fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
     });
 
     // The broker goes away under the running job, and comes back 5 s later.
-    stack(&state, port, postgres_port, "down");
+    common::private_broker(&state, port, postgres_port, "down");
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         job.try_wait().unwrap().is_none(),
         "the job must wait, not fail"
     );
-    stack(&state, port, postgres_port, "up");
+    common::private_broker(&state, port, postgres_port, "up");
     ns.run(&["simulate", "--replay", rest.to_str().unwrap()]);
     wait_for(
         "every event after the restart",
@@ -104,7 +78,7 @@ fn a_live_job_rides_out_a_broker_restart_and_ends_as_a_clean_run() {
     assert_eq!(snapshot(&ns), snapshot(&clean));
     let dead = |n: &Namespace| n.scalar("SELECT count() FROM dead_letters FINAL");
     assert_eq!(dead(&ns), dead(&clean));
-    stack(&state, port, postgres_port, "down");
+    common::private_broker(&state, port, postgres_port, "down");
     std::fs::remove_dir_all(&state).ok();
     std::fs::remove_dir_all(&dir).ok();
 }

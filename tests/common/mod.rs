@@ -261,3 +261,38 @@ pub fn lines_of(path: &std::path::Path) -> (Vec<String>, u64) {
         .count() as u64;
     (lines, valid)
 }
+
+/// Two distinct free ports (both held while asked for, so they differ).
+pub fn free_ports() -> (u16, u16) {
+    let (a, b) = (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// `scripts/stack ACTION tansu` for a private broker (its own state folder, Kafka and
+/// PostgreSQL ports), so a test can stop and start it without disturbing the shared stack.
+/// Never on memory://, which keeps nothing across the restart these tests make.
+pub fn private_broker(state: &std::path::Path, port: u16, postgres_port: u16, action: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack");
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(script)
+        .args([action, "tansu"])
+        .env("RIDEPULSE_STACK_DIR", state)
+        .env("RIDEPULSE_STACK_KAFKA_PORT", port.to_string())
+        .env("RIDEPULSE_STACK_POSTGRES_PORT", postgres_port.to_string());
+    if std::env::var("RIDEPULSE_STACK_KAFKA_ENGINE").is_ok_and(|engine| engine == "memory") {
+        command.env_remove("RIDEPULSE_STACK_KAFKA_ENGINE");
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "stack {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
