@@ -68,7 +68,13 @@ impl Features {
 }
 
 /// The tables ridepulse writes, in creation order.
-pub const TABLES: [&str; 4] = ["city_metrics", "ride_events", "checkpoints", "dead_letters"];
+pub const TABLES: [&str; 5] = [
+    "city_metrics",
+    "city_supply",
+    "ride_events",
+    "checkpoints",
+    "dead_letters",
+];
 
 /// One column: name and the type the server reports in `system.columns`.
 fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
@@ -86,6 +92,19 @@ fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
             ("cancellations", t("UInt64")),
             ("avg_fare", t("Nullable(Float64)")),
             ("unique_riders", t("UInt64")),
+            ("is_final", t("UInt8")),
+            ("version", t("UInt64")),
+            ("updated_at", moment),
+        ],
+        "city_supply" => vec![
+            ("minute", t("DateTime('UTC')")),
+            ("city", city),
+            ("available_drivers", t("UInt64")),
+            ("on_trip_drivers", t("UInt64")),
+            ("waiting_riders", t("UInt64")),
+            ("rides_in_progress", t("UInt64")),
+            ("requests", t("UInt64")),
+            ("pressure", t("Nullable(Float64)")),
             ("is_final", t("UInt8")),
             ("version", t("UInt64")),
             ("updated_at", moment),
@@ -146,6 +165,11 @@ pub fn create_table(database: &str, table: &str, features: Features) -> String {
         "city_metrics" => "ENGINE = ReplacingMergeTree(version)\n\
              PARTITION BY toYYYYMM(window_start)\n\
              ORDER BY (city, window_start)"
+            .to_string(),
+        // SPEC §5: one row per (city, minute), upserted like city_metrics.
+        "city_supply" => "ENGINE = ReplacingMergeTree(version)\n\
+             PARTITION BY toYYYYMM(minute)\n\
+             ORDER BY (city, minute)"
             .to_string(),
         // The key ends with the Kafka partition and offset: a re-delivered message has the
         // same key and collapses into one row at merge (and with FINAL).
@@ -255,6 +279,8 @@ pub struct Layout {
     pub metrics_ms: bool,
     /// `ride_events.timestamp` is `DateTime64(3)` (else `DateTime`).
     pub events_ms: bool,
+    /// `city_supply.updated_at` is `DateTime64(3)` (else `DateTime`).
+    pub supply_ms: bool,
 }
 
 /// Checks that every table has the columns this version of ridepulse writes (by name, with
@@ -266,6 +292,7 @@ pub async fn verify(config: &ClickHouseConfig) -> Result<Layout, ClickHouseError
     let mut layout = Layout {
         metrics_ms: false,
         events_ms: false,
+        supply_ms: false,
     };
     for table in TABLES {
         let qualified = format!("{database}.{table}");
@@ -299,6 +326,7 @@ pub async fn verify(config: &ClickHouseConfig) -> Result<Layout, ClickHouseError
                 if precise || same_type(actual_ty, "DateTime") {
                     match table {
                         "city_metrics" => layout.metrics_ms = precise,
+                        "city_supply" => layout.supply_ms = precise,
                         _ => layout.events_ms = precise,
                     }
                     continue;
