@@ -1,9 +1,10 @@
 //! The job's durable writes, on one thread per process.
 //!
 //! Sink operators hand [`Batch`]es to the [`Writer`] and get a [`Ticket`] back; the writer
-//! thread performs each batch in order — raw events into `ride_events`, dead letters to the
-//! dead-letter topic and `dead_letters`, metric rows into `city_metrics` and to
-//! `analytics-aggregated`, then checkpoints — and marks the ticket done only when every part is durable (ClickHouse
+//! thread performs each batch in order — raw events into `ride_events`, dead-letter rows into
+//! `dead_letters` and metric rows into `city_metrics` and to `analytics-aggregated`, while the
+//! batch's dead letters go to the dead-letter topic on a thread of their own; then
+//! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
 //!
@@ -259,7 +260,7 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
         .expect("a current-thread runtime can always be built");
     while let Ok((batch, ticket, activator)) = receiver.recv() {
         let rows = batch.len();
-        if let Err(error) = runtime.block_on(write(&destinations, &batch, &shared)) {
+        if let Err(error) = write(&runtime, &destinations, &batch, &shared) {
             error!(%error, "stopping: a write failed and retrying cannot help");
             *shared.fatal.lock().expect("not poisoned") = Some(error);
             return;
@@ -275,9 +276,61 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
 
 /// Writes one batch, retrying transient failures and isolating refused rows; returns the
 /// fatal error's text.
-async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), String> {
+///
+/// The batch's dead letters go to the broker on a thread of their own while ClickHouse takes
+/// the raw events, the dead-letter rows and the metric rows, so a flood of dead letters costs
+/// the broker's write time alongside the inserts rather than after them. Checkpoints come
+/// last, once everything else of the batch is durable.
+fn write(
+    runtime: &tokio::runtime::Runtime,
+    d: &Destinations,
+    batch: &Batch,
+    shared: &Shared,
+) -> Result<(), String> {
     let stats = &shared.stats;
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let (tables, delivery) = std::thread::scope(|scope| {
+        let delivery = (!batch.dead.is_empty()).then(|| {
+            std::thread::Builder::new()
+                .name("ridepulse-dlq".into())
+                .spawn_scoped(scope, || deliver_dead_letters(d, stats, &batch.dead))
+                .expect("a delivery thread can be spawned")
+        });
+        let tables = runtime.block_on(write_tables(d, batch, stats, now_ms));
+        let delivery = delivery.map(|thread| thread.join().expect("the delivery thread panicked"));
+        (tables, delivery)
+    });
+    // Rows ClickHouse refused are dead letters too (rare: after the rest, in one go).
+    let rejected = tables?;
+    if let Some(delivery) = delivery {
+        amend_refused(runtime, d, stats, &batch.dead, delivery?, now_ms)?;
+    }
+    if !rejected.is_empty() {
+        let refused = deliver_dead_letters(d, stats, &rejected)?;
+        write_dead_letter_rows(runtime, d, stats, &rejected, now_ms)?;
+        amend_refused(runtime, d, stats, &rejected, refused, now_ms)?;
+    }
+    if !batch.checkpoints.is_empty() {
+        runtime
+            .block_on(retry(stats, "checkpoints", || {
+                insert(d, "checkpoints", &batch.checkpoints)
+            }))
+            .map_err(|failure| failure.to_string())?;
+        stats
+            .checkpoints
+            .fetch_add(batch.checkpoints.len() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The ClickHouse part of a batch and the metric rows' topic: raw events, dead-letter rows
+/// and metric rows. Returns the raw events ClickHouse refused, as dead letters.
+async fn write_tables(
+    d: &Destinations,
+    batch: &Batch,
+    stats: &WriterStats,
+    now_ms: i64,
+) -> Result<Vec<DeadLetter>, String> {
     let mut dead: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
         let records: Vec<EventRecord> = batch
@@ -305,56 +358,8 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
             }
         }));
     }
-    let all_dead: Vec<&DeadLetter> = batch.dead.iter().chain(dead.iter()).collect();
-    if !all_dead.is_empty() {
-        let source_partitions: Vec<String> =
-            all_dead.iter().map(|x| x.partition.to_string()).collect();
-        let source_offsets: Vec<String> = all_dead.iter().map(|x| x.offset.to_string()).collect();
-        let messages: Vec<Outgoing<'_>> = all_dead
-            .iter()
-            .enumerate()
-            .map(|(i, dead)| Outgoing {
-                key: dead.key.as_deref(),
-                payload: &dead.payload,
-                headers: Some(
-                    OwnedHeaders::new_with_capacity(5)
-                        .insert(header("source_topic", &d.source_topic))
-                        .insert(header("source_partition", &source_partitions[i]))
-                        .insert(header("source_offset", &source_offsets[i]))
-                        .insert(header("error", &dead.error))
-                        .insert(header("error_reason", &dead.reason)),
-                ),
-            })
-            .collect();
-        let refused = deliver(stats, &d.dead_letters, &messages)?;
-        let mut records: Vec<DeadLetterRecord> = all_dead
-            .iter()
-            .map(|dead| DeadLetterRecord {
-                source_topic: d.source_topic.clone(),
-                kafka_partition: dead.partition,
-                kafka_offset: dead.offset,
-                error: dead.error.clone(),
-                reason: dead.reason.clone(),
-                payload: String::from_utf8_lossy(&dead.payload).into_owned(),
-                received_at: (now_ms / 1000).max(0) as u32,
-            })
-            .collect();
-        for (index, error) in refused {
-            let record = &mut records[index];
-            warn!(partition = record.kafka_partition, offset = record.kafka_offset, %error, "the dead-letter topic refused a message; it is kept in the dead_letters table");
-            record.error = format!("{} (not on the dead-letter topic: {error})", record.error);
-        }
-        let rejected = insert_isolating(d, stats, "dead_letters", &records).await?;
-        for (index, error) in &rejected {
-            let record = &records[*index];
-            warn!(partition = record.kafka_partition, offset = record.kafka_offset, %error, "ClickHouse refused a dead-letter row (it is on the dead-letter topic)");
-        }
-        stats
-            .rejected_rows
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        stats
-            .dead_letters
-            .fetch_add(all_dead.len() as u64, Ordering::Relaxed);
+    if !batch.dead.is_empty() {
+        insert_dead_letter_rows(d, stats, dead_letter_records(d, &batch.dead, now_ms)).await?;
     }
     if !batch.metrics.is_empty() {
         let records: Vec<MetricsRecord> = batch
@@ -395,17 +400,115 @@ async fn write(d: &Destinations, batch: &Batch, shared: &Shared) -> Result<(), S
             .fetch_add(batch.metrics.len() as u64, Ordering::Relaxed);
         stats.finals.fetch_add(finals as u64, Ordering::Relaxed);
     }
-    if !batch.checkpoints.is_empty() {
-        retry(stats, "checkpoints", || {
-            insert(d, "checkpoints", &batch.checkpoints)
+    Ok(dead)
+}
+
+/// Sends `dead` to the dead-letter topic (counted once delivered); returns the ones the
+/// broker refused for good.
+fn deliver_dead_letters(
+    d: &Destinations,
+    stats: &WriterStats,
+    dead: &[DeadLetter],
+) -> Result<Vec<(usize, String)>, String> {
+    let source_partitions: Vec<String> = dead.iter().map(|x| x.partition.to_string()).collect();
+    let source_offsets: Vec<String> = dead.iter().map(|x| x.offset.to_string()).collect();
+    let messages: Vec<Outgoing<'_>> = dead
+        .iter()
+        .enumerate()
+        .map(|(i, dead)| Outgoing {
+            key: dead.key.as_deref(),
+            payload: &dead.payload,
+            headers: Some(
+                OwnedHeaders::new_with_capacity(5)
+                    .insert(header("source_topic", &d.source_topic))
+                    .insert(header("source_partition", &source_partitions[i]))
+                    .insert(header("source_offset", &source_offsets[i]))
+                    .insert(header("error", &dead.error))
+                    .insert(header("error_reason", &dead.reason)),
+            ),
         })
-        .await
-        .map_err(|failure| failure.to_string())?;
-        stats
-            .checkpoints
-            .fetch_add(batch.checkpoints.len() as u64, Ordering::Relaxed);
+        .collect();
+    let refused = deliver(stats, &d.dead_letters, &messages)?;
+    stats
+        .dead_letters
+        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    Ok(refused)
+}
+
+/// The `dead_letters` rows of `dead`.
+fn dead_letter_records(
+    d: &Destinations,
+    dead: &[DeadLetter],
+    now_ms: i64,
+) -> Vec<DeadLetterRecord> {
+    dead.iter()
+        .map(|dead| DeadLetterRecord {
+            source_topic: d.source_topic.clone(),
+            kafka_partition: dead.partition,
+            kafka_offset: dead.offset,
+            error: dead.error.clone(),
+            reason: dead.reason.clone(),
+            payload: String::from_utf8_lossy(&dead.payload).into_owned(),
+            received_at: (now_ms / 1000).max(0) as u32,
+        })
+        .collect()
+}
+
+/// Inserts dead-letter rows; a row ClickHouse refuses is logged (its message is on the topic).
+async fn insert_dead_letter_rows(
+    d: &Destinations,
+    stats: &WriterStats,
+    records: Vec<DeadLetterRecord>,
+) -> Result<(), String> {
+    let rejected = insert_isolating(d, stats, "dead_letters", &records).await?;
+    for (index, error) in &rejected {
+        let record = &records[*index];
+        warn!(partition = record.kafka_partition, offset = record.kafka_offset, %error, "ClickHouse refused a dead-letter row (it is on the dead-letter topic)");
     }
+    stats
+        .rejected_rows
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// The same, from the writer thread (outside the runtime).
+fn write_dead_letter_rows(
+    runtime: &tokio::runtime::Runtime,
+    d: &Destinations,
+    stats: &WriterStats,
+    dead: &[DeadLetter],
+    now_ms: i64,
+) -> Result<(), String> {
+    runtime.block_on(insert_dead_letter_rows(
+        d,
+        stats,
+        dead_letter_records(d, dead, now_ms),
+    ))
+}
+
+/// Rewrites the `dead_letters` rows of the messages the dead-letter topic refused, saying so
+/// (the table is a ReplacingMergeTree keyed by the message's origin: the newer row wins).
+fn amend_refused(
+    runtime: &tokio::runtime::Runtime,
+    d: &Destinations,
+    stats: &WriterStats,
+    dead: &[DeadLetter],
+    refused: Vec<(usize, String)>,
+    now_ms: i64,
+) -> Result<(), String> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let amended: Vec<DeadLetter> = refused
+        .into_iter()
+        .map(|(index, error)| {
+            let mut letter = dead[index].clone();
+            warn!(partition = letter.partition, offset = letter.offset, %error, "the dead-letter topic refused a message; it is kept in the dead_letters table");
+            letter.error = format!("{} (not on the dead-letter topic: {error})", letter.error);
+            letter
+        })
+        .collect();
+    write_dead_letter_rows(runtime, d, stats, &amended, now_ms)
 }
 
 /// Delivers `messages` through `producer` (blocking the writer thread, which is what
