@@ -58,6 +58,10 @@ enum Command {
         /// Cancellation rate (%) above which a city is highlighted.
         #[arg(long, default_value_t = 30.0)]
         threshold: f64,
+        /// Pressure (waiting riders per available driver) above which a city is highlighted
+        /// in the supply-and-demand section (the Grafana alert's threshold).
+        #[arg(long, default_value_t = 2.0)]
+        pressure_threshold: f64,
     },
     /// Benchmarks: engine, kafka, freshness, soak, broker-stress (see scripts/bench).
     Bench(ridepulse::bench::BenchOptions),
@@ -313,12 +317,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             minutes,
             threshold,
+            pressure_threshold,
         } => ridepulse::dashboard::serve(
             &config,
             &ridepulse::dashboard::DashboardOptions {
                 listen,
                 minutes,
                 threshold_pct: threshold,
+                pressure_threshold,
             },
         )?,
         Command::Migrate(args) => migrate(&config, args)?,
