@@ -217,7 +217,7 @@ struct SimulateArgs {
     /// Drivers going offline, CITY:FRACTION:START:END: that share of the city's drivers
     /// (`0.6` or `60%`) between START and END from the start of the run (like --surge's),
     /// e.g. `bratislava:0.6:2m:6m` (repeatable).
-    #[arg(long = "supply-drop", value_parser = world::SupplyDrop::parse)]
+    #[arg(long = "supply-drop", value_name = "CITY:FRACTION:START:END", value_parser = world::SupplyDrop::parse)]
     supply_drops: Vec<world::SupplyDrop>,
     /// Drivers across all cities; each reports its position every 5 s.
     #[arg(long, default_value_t = 2000)]
