@@ -17,6 +17,7 @@ fn sample() -> Vec<String> {
         cities: cities::resolve(None).unwrap(),
         drivers: 100,
         surges: vec![],
+        supply_drops: vec![],
         start_ms: 1_795_428_000_000,
     });
     let mut out = Vec::new();

@@ -22,6 +22,7 @@ fn sample() -> Vec<SourcedEvent> {
         cities: cities::resolve(None).unwrap(),
         drivers: 100,
         surges: vec![],
+        supply_drops: vec![],
         start_ms: 1_795_428_000_000,
     });
     let (mut out, mut events) = (Vec::new(), Vec::new());

@@ -37,6 +37,7 @@ fn input() -> Input {
         cities: cities::resolve(None).unwrap(),
         drivers: 2_000,
         surges: vec![],
+        supply_drops: vec![],
         start_ms: 1_795_428_000_000,
     });
     let (mut rides, mut locations) = (vec![Vec::new(); 12], vec![Vec::new(); 24]);

@@ -27,6 +27,7 @@ fn partitions() -> Vec<Vec<RideEvent>> {
         cities: cities::resolve(None).unwrap(),
         drivers: 100,
         surges: vec![],
+        supply_drops: vec![],
         start_ms: 1_795_428_000_000,
     });
     let mut partitions = vec![Vec::new(); 12];

@@ -58,6 +58,10 @@ enum Command {
         /// Cancellation rate (%) above which a city is highlighted.
         #[arg(long, default_value_t = 30.0)]
         threshold: f64,
+        /// Pressure (waiting riders per available driver) above which a city is highlighted
+        /// in the supply-and-demand section (the Grafana alert's threshold).
+        #[arg(long, default_value_t = 2.0)]
+        pressure_threshold: f64,
     },
     /// Benchmarks: engine, kafka, freshness, soak, broker-stress (see scripts/bench).
     Bench(ridepulse::bench::BenchOptions),
@@ -210,15 +214,27 @@ struct SimulateArgs {
     /// A demand surge, CITY:FACTOR:START:END, e.g. `bratislava:2:1m:4m` (repeatable).
     #[arg(long = "surge", value_parser = world::Surge::parse)]
     surges: Vec<world::Surge>,
+    /// Drivers going offline, CITY:FRACTION:START:END: that share of the city's drivers
+    /// (`0.6` or `60%`) between START and END from the start of the run (like --surge's),
+    /// e.g. `bratislava:0.6:2m:6m` (repeatable).
+    #[arg(long = "supply-drop", value_name = "CITY:FRACTION:START:END", value_parser = world::SupplyDrop::parse)]
+    supply_drops: Vec<world::SupplyDrop>,
     /// Drivers across all cities; each reports its position every 5 s.
     #[arg(long, default_value_t = 2000)]
     drivers: usize,
     /// Write the ride events as JSON lines to this file instead of Kafka (not paced).
-    #[arg(long, conflicts_with = "replay")]
+    #[arg(long, conflicts_with_all = ["replay", "replay_locations"])]
     out: Option<PathBuf>,
+    /// With --out: also write the driver locations of the run, as JSON lines, to this file.
+    #[arg(long, requires = "out")]
+    locations_out: Option<PathBuf>,
     /// Produce the lines of an existing JSON-lines file into ride-events, as fast as possible.
     #[arg(long)]
     replay: Option<PathBuf>,
+    /// Produce the lines of a driver-locations file (e.g. from --locations-out) into
+    /// driver-locations keyed by driver_id, as fast as possible (after --replay, if both).
+    #[arg(long)]
+    replay_locations: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -301,12 +317,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             minutes,
             threshold,
+            pressure_threshold,
         } => ridepulse::dashboard::serve(
             &config,
             &ridepulse::dashboard::DashboardOptions {
                 listen,
                 minutes,
                 threshold_pct: threshold,
+                pressure_threshold,
             },
         )?,
         Command::Migrate(args) => migrate(&config, args)?,
@@ -460,17 +478,28 @@ fn migrate(config: &Config, args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.replay {
-        let summary = simulator::replay(config, path)?;
-        println!(
-            "replayed {} lines from {} into {} in {:.2}s ({:.0} msgs/s), delivery errors: {}",
-            summary.ride_events,
-            path.display(),
-            config.topics.ride_events,
-            summary.elapsed.as_secs_f64(),
-            summary.rate(),
-            summary.errors
-        );
+    if args.replay.is_some() || args.replay_locations.is_some() {
+        use simulator::ReplayKind;
+        let files = [
+            (&args.replay, ReplayKind::Rides, &config.topics.ride_events),
+            (
+                &args.replay_locations,
+                ReplayKind::Locations,
+                &config.topics.driver_locations,
+            ),
+        ];
+        for (path, kind, topic) in files {
+            let Some(path) = path else { continue };
+            let summary = simulator::replay_file(config, path, kind)?;
+            let lines = summary.ride_events + summary.locations;
+            println!(
+                "replayed {lines} lines from {} into {topic} in {:.2}s ({:.0} msgs/s), delivery errors: {}",
+                path.display(),
+                summary.elapsed.as_secs_f64(),
+                lines as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+                summary.errors
+            );
+        }
         return Ok(());
     }
     if !(args.rate.is_finite() && args.rate > 0.0) {
@@ -483,6 +512,16 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             bail!(
                 "--surge: city `{}` is not simulated (cities: {})",
                 surge.city,
+                names.join(", ")
+            );
+        }
+    }
+    for drop in &args.supply_drops {
+        if !cities.iter().any(|c| c.name == drop.city) {
+            let names: Vec<&str> = cities.iter().map(|c| c.name).collect();
+            bail!(
+                "--supply-drop: city `{}` is not simulated (cities: {})",
+                drop.city,
                 names.join(", ")
             );
         }
@@ -504,6 +543,7 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         cities,
         drivers: args.drivers,
         surges: args.surges,
+        supply_drops: args.supply_drops,
         start_ms,
     };
     eprintln!(
@@ -512,12 +552,15 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         args.rate
     );
     let summary = match &args.out {
-        Some(path) => simulator::to_file(world, stop, path)?,
+        Some(path) => simulator::to_file(world, stop, path, args.locations_out.as_deref())?,
         None => simulator::to_kafka(config, world, stop)?,
     };
-    let target = match &args.out {
-        Some(path) => path.display().to_string(),
-        None => config.topics.ride_events.clone(),
+    let target = match (&args.out, &args.locations_out) {
+        (Some(path), Some(locations)) => {
+            format!("{} (locations to {})", path.display(), locations.display())
+        }
+        (Some(path), None) => path.display().to_string(),
+        (None, _) => config.topics.ride_events.clone(),
     };
     println!(
         "ride_events={} to {target}, driver_locations={}, delivery_errors={}, seconds={:.2}, events_per_sec={:.0}",

@@ -7,6 +7,12 @@
 //! ([`HOSTILE_CITY`], markup with an `onerror` handler): the page must show it as text in the
 //! city table and the chart legends, and no script or element may come out of it.
 //!
+//! The supply-and-demand section (SPEC §5) reads `city_supply`, which the test fills with
+//! known rows ([`supply_rows`]; the hostile city among them): its table equals
+//! `sql/where_riders_wait_now.sql` on ClickHouse, in that order (cities under pressure
+//! first), the cities above the pressure threshold are highlighted, the pressure chart draws
+//! the threshold, and a newer row inserted later shows without a reload.
+//!
 //! Needs chromium and chromium-driver (`scripts/test` installs them with apt).
 
 mod common;
@@ -52,6 +58,48 @@ fn with_hostile_city(path: &Path) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// One `city_supply` row as JSON (18.16's DateTime text).
+fn supply_row(minute: i64, city: &str, available: u64, waiting: u64, version: u64) -> String {
+    let text = |unix: i64| {
+        chrono::DateTime::from_timestamp(unix, 0)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let pressure = (available > 0).then(|| waiting as f64 / available as f64);
+    serde_json::json!({
+        "minute": text(minute), "city": city, "available_drivers": available,
+        "on_trip_drivers": 7, "waiting_riders": waiting, "rides_in_progress": 9,
+        "requests": waiting + 2, "pressure": pressure, "is_final": 1, "version": version,
+        "updated_at": text(minute + 60),
+    })
+    .to_string()
+}
+
+/// Six minutes of supply and demand up to the last whole minute: bratislava losing drivers
+/// (pressure 6 at the end), the hostile city at 3, brno calm at 0.4 (a superseded row of
+/// version 1 said 9), kosice calm at 0.5.
+fn supply_rows(now_s: i64) -> Vec<String> {
+    let last = now_s / 60 * 60 - 60;
+    let mut rows = Vec::new();
+    for k in (0..6).rev() {
+        let minute = last - k * 60;
+        let step = 5 - k as u64;
+        rows.push(supply_row(
+            minute,
+            "bratislava",
+            20 - 3 * step,
+            10 + 4 * step,
+            1,
+        ));
+        rows.push(supply_row(minute, HOSTILE_CITY, 5, 10 + step, 1));
+        rows.push(supply_row(minute, "brno", 30, 12, 2));
+        rows.push(supply_row(minute, "kosice", 10, 5, 1));
+    }
+    rows.push(supply_row(last, "brno", 3, 27, 1));
+    rows
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -91,6 +139,13 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
         field::<u64>(&summary, "written_events") > 8_000,
         "{summary}"
     );
+    let insert = |rows: &[String]| {
+        format!(
+            "INSERT INTO city_supply FORMAT JSONEachRow {}",
+            rows.join("\n")
+        )
+    };
+    ns.run(&["query", &insert(&supply_rows(now / 1000))]);
 
     let (port, down_port) = (free_port(), free_port());
     let _dashboard = dashboard(&ns, port);
@@ -102,10 +157,14 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
     let mut more_events: Vec<String> = vec!["bash".into(), "-c".into()];
     let bin = env!("CARGO_BIN_EXE_ridepulse");
     let args = ns.args().join(" ");
+    // ... and kosice runs out of drivers in the newest minute: it must move to the top.
+    let kosice = supply_row(now / 1000 / 60 * 60, "kosice", 0, 9, 1);
     more_events.push(format!(
         "{bin} {args} simulate --out {file} --count 3000 --rate 1500 --seed 5 --start {more} \
-         && {bin} {args} simulate --replay {file} && {bin} {args} run --until-end -w 2 --group g",
-        file = dir.join("more.jsonl").display()
+         && {bin} {args} simulate --replay {file} && {bin} {args} run --until-end -w 2 --group g \
+         && {bin} {args} query '{sql}'",
+        file = dir.join("more.jsonl").display(),
+        sql = insert(&[kosice]),
     ));
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -120,6 +179,7 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
         .arg(root.join("sql/city_performance_last_hour.sql"))
         .arg(format!("http://127.0.0.1:{down_port}/"))
         .arg(HOSTILE_CITY)
+        .arg(root.join("sql/where_riders_wait_now.sql"))
         .arg("--")
         .args(&more_events)
         .output()

@@ -261,3 +261,119 @@ fn replay_round_trips_every_line_byte_for_byte() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--supply-drop` shows in the `--locations-out` file (distinct available drivers of the
+/// city per minute, counted from the file), and `--replay-locations` puts every line of it
+/// on `driver-locations` keyed by `driver_id`, on the partition the producer's murmur2 gives
+/// that key, in file order per driver.
+#[test]
+fn a_supply_drop_shows_in_the_locations_file_and_its_replay_is_keyed_by_driver() {
+    let ns = Namespace::new("simlocs");
+    ns.create_topics();
+    let dir = common::temp_dir("simlocs");
+    let (rides, locations) = (dir.join("rides.jsonl"), dir.join("locations.jsonl"));
+    let out = ns.run(&[
+        "simulate",
+        "--rate",
+        "3000",
+        "--duration",
+        "4m",
+        "--drivers",
+        "300",
+        "--cities",
+        "3",
+        "--seed",
+        "8",
+        "--start",
+        "2026-11-23T10:00:00Z",
+        "--supply-drop",
+        "paris:50%:1m:3m",
+        "--out",
+        rides.to_str().unwrap(),
+        "--locations-out",
+        locations.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&locations).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(field::<u64>(&out, "driver_locations"), lines.len() as u64);
+    // Every driver (300 in all, give or take the rounding per city) reports every 5 s:
+    // 12 pings a minute for 4 minutes.
+    let drivers: std::collections::BTreeSet<String> = lines
+        .iter()
+        .map(|l| DriverLocation::parse(l.as_bytes()).unwrap().driver_id)
+        .collect();
+    assert!((297..=303).contains(&drivers.len()), "{}", drivers.len());
+    assert_eq!(lines.len(), drivers.len() * 12 * 4, "{out}");
+    let start = dataflows::event::Timestamp::parse("2026-11-23T10:00:00Z")
+        .unwrap()
+        .millis();
+    let mut available: BTreeMap<i64, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for line in &lines {
+        let location = DriverLocation::parse(line.as_bytes()).unwrap();
+        if location.city == "paris" && location.status == dataflows::event::DriverStatus::Available
+        {
+            available
+                .entry((location.timestamp.millis() - start) / 60_000)
+                .or_default()
+                .insert(location.driver_id);
+        }
+    }
+    let per_minute: Vec<usize> = (0..4)
+        .map(|m| available.get(&m).map_or(0, |d| d.len()))
+        .collect();
+    eprintln!("paris: available drivers per minute {per_minute:?}");
+    assert!(per_minute[0] >= 10, "{per_minute:?}");
+    // Half the fleet goes offline (the 1 in 20 drivers that are always offline are part of
+    // the fleet, so a little more than half of the available ones remain).
+    for m in 1..3 {
+        assert!(per_minute[m] * 10 <= per_minute[0] * 6, "{per_minute:?}");
+    }
+    assert!(per_minute[3] * 10 >= per_minute[0] * 8, "{per_minute:?}");
+
+    let replayed = ns.run(&[
+        "simulate",
+        "--replay-locations",
+        locations.to_str().unwrap(),
+    ]);
+    assert!(
+        replayed.contains(&format!(
+            "replayed {} lines from {} into {}",
+            lines.len(),
+            locations.display(),
+            ns.config.topics.driver_locations
+        )),
+        "{replayed}"
+    );
+    let records = read_all(&ns.config.kafka.brokers, &ns.config.topics.driver_locations).unwrap();
+    assert_eq!(records.len(), lines.len());
+    let partitions = records.iter().map(|r| r.partition).max().unwrap() + 1;
+    assert_eq!(
+        partitions, 24,
+        "SPEC §1: driver-locations has 24 partitions"
+    );
+    let mut by_driver: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
+    for record in &records {
+        let location = DriverLocation::parse(&record.payload).unwrap();
+        assert_eq!(record.key.as_deref(), Some(location.driver_id.as_bytes()));
+        assert_eq!(
+            record.partition,
+            ridepulse::kafka::partitioner::partition_for(record.key.as_deref(), 24, 0),
+            "{}",
+            location.driver_id
+        );
+        by_driver
+            .entry(location.driver_id)
+            .or_default()
+            .push(&record.payload);
+    }
+    // records are sorted by (partition, offset): each driver's pings in file order.
+    for (driver, payloads) in &by_driver {
+        let in_file: Vec<&[u8]> = lines
+            .iter()
+            .map(|l| l.as_bytes())
+            .filter(|l| DriverLocation::parse(l).unwrap().driver_id == *driver)
+            .collect();
+        assert_eq!(payloads, &in_file, "order of {driver}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,7 +5,9 @@
 //! snapshot (`queries.rs`) holds the same panels as the Grafana dashboard: pipeline
 //! freshness, the city table of the last hour, ride requests per minute, cancellation and
 //! completion rates with the alert threshold, average fare, unique riders, late events and
-//! dead letters. When ClickHouse does not answer, the API says so (HTTP 503 with the reason)
+//! dead letters, and supply and demand (SPEC §5: where riders wait now, the cities under
+//! pressure first; available drivers, waiting riders and pressure per city over time, the
+//! pressure threshold drawn). When ClickHouse does not answer, the API says so (HTTP 503 with the reason)
 //! and the page keeps its last numbers under a visible notice.
 //!
 //! The HTTP server is `tiny_http` on a few threads: the page is for a handful of viewers, and
@@ -39,6 +41,8 @@ pub struct DashboardOptions {
     pub minutes: u32,
     /// Cancellation rate (%) above which a city is highlighted.
     pub threshold_pct: f64,
+    /// Pressure (waiting riders per available driver) above which a city is highlighted.
+    pub pressure_threshold: f64,
 }
 
 /// Serves until the process is stopped. Fails only if the address cannot be bound.
@@ -100,6 +104,7 @@ async fn respond(
             let wanted = SnapshotRequest {
                 minutes: options.minutes,
                 threshold_pct: options.threshold_pct,
+                pressure_threshold: options.pressure_threshold,
             };
             let result = tokio::time::timeout(
                 SNAPSHOT_TIMEOUT,

@@ -12,10 +12,25 @@ pub struct SnapshotRequest {
     pub minutes: u32,
     /// The cancellation rate (%) above which a city is highlighted.
     pub threshold_pct: f64,
+    /// The pressure (waiting riders per available driver) above which a city is
+    /// highlighted in the supply-and-demand section.
+    pub pressure_threshold: f64,
 }
 
 /// `sql/city_performance_last_hour.sql`, the table of the page and of the Grafana dashboard.
 pub const CITY_PERFORMANCE_SQL: &str = include_str!("../../sql/city_performance_last_hour.sql");
+
+/// `sql/where_riders_wait_now.sql`: the latest minute of every city from `city_supply`, the
+/// cities under pressure first (SPEC §5).
+pub const WHERE_RIDERS_WAIT_SQL: &str = include_str!("../../sql/where_riders_wait_now.sql");
+
+/// Supply and demand per city and minute (SPEC §5) for the charts.
+pub const SUPPLY_SQL: &str = "
+SELECT toUInt32(minute) AS minute, city, available_drivers, on_trip_drivers, waiting_riders,
+       rides_in_progress, requests, pressure, is_final
+FROM city_supply FINAL
+WHERE minute >= now() - ?
+ORDER BY minute, city";
 
 const FRESHNESS_SQL: &str =
     "SELECT max(timestamp_ms) AS newest_ms, toUInt64(now()) * 1000 AS server_now_ms, count() AS events FROM ride_events";
@@ -110,6 +125,18 @@ pub async fn snapshot(
         client.query(LATE_DEAD_SQL).bind(history).bind(history),
     )
     .await?;
+    let supply_now = rows(
+        url,
+        "the where-riders-wait query",
+        client.query(WHERE_RIDERS_WAIT_SQL.trim().trim_end_matches(';')),
+    )
+    .await?;
+    let supply = rows(
+        url,
+        "the supply query",
+        client.query(SUPPLY_SQL).bind(history),
+    )
+    .await?;
     let f = freshness.first().cloned().unwrap_or(Value::Null);
     let events = f["events"].as_u64().unwrap_or(0);
     let newest_ms = f["newest_ms"].as_i64().filter(|_| events > 0);
@@ -125,5 +152,8 @@ pub async fn snapshot(
         "requests_per_minute": requests,
         "windows": windows,
         "late_dead": late_dead,
+        "pressure_threshold": request.pressure_threshold,
+        "supply_now": supply_now,
+        "supply": supply,
     }))
 }

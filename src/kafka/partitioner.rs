@@ -1,4 +1,5 @@
-//! Which `ride-events` partition a key goes to: librdkafka's own murmur2 partitioner, the one
+//! Which partition a key goes to (`ride-events` by `ride_id`, `driver-locations` by
+//! `driver_id`): librdkafka's own murmur2 partitioner, the one
 //! our producers use (`partitioner=murmur2_random`, Java-client compatible). The file source
 //! uses it so that a file read directly meets the same per-partition order, and so the same
 //! lateness verdicts and rows, as the same file replayed through Kafka.
@@ -14,6 +15,17 @@ pub fn ride_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
         ride_id: Option<Cow<'a, str>>,
     }
     serde_json::from_slice::<Key>(line).ok()?.ride_id
+}
+
+/// The `driver_id` of a `driver-locations` line, if it is a JSON object with a string
+/// `driver_id`: the Kafka key it is produced under (SPEC §1).
+pub fn driver_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        driver_id: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Key>(line).ok()?.driver_id
 }
 
 /// The partition of `key` among `partitions`; keyless messages (the producer spreads them
@@ -56,5 +68,15 @@ mod tests {
             }
         }
         assert_eq!(partition_for(None, 12, 25), 1);
+    }
+
+    #[test]
+    fn keys_are_read_from_either_kind_of_line() {
+        let location = br#"{"driver_id":"driver-paris-7","timestamp":"2026-11-23T10:00:00Z","city":"paris","lat":48.8,"lng":2.3,"status":"available"}"#;
+        assert_eq!(driver_id_key(location).as_deref(), Some("driver-paris-7"));
+        assert_eq!(ride_id_key(location), None);
+        assert_eq!(driver_id_key(br#"{"ride_id":"r"}"#), None);
+        assert_eq!(driver_id_key(b"not json"), None);
+        assert_eq!(driver_id_key(br#"{"driver_id":7}"#), None);
     }
 }

@@ -4,13 +4,17 @@
 //! - to Kafka, paced in real time: ride events to `ride-events` keyed by `ride_id`, driver
 //!   positions to `driver-locations` keyed by `driver_id`, every delivery counted;
 //! - `--out FILE`: the same ride events as JSON lines, as fast as they can be made (for
-//!   backfills, file-source runs and benchmarks);
-//! - `--replay FILE`: an existing JSON-lines file into `ride-events`, as fast as the broker
-//!   takes it, lines that are not valid events included as they are.
+//!   backfills, file-source runs and benchmarks), and with `--locations-out FILE` the driver
+//!   locations of the same run in a file of their own;
+//! - `--replay FILE` / `--replay-locations FILE`: an existing JSON-lines file into
+//!   `ride-events` (keyed by `ride_id`) / `driver-locations` (keyed by `driver_id`), as fast
+//!   as the broker takes it, lines that are not valid included as they are.
 //!
-//! [`world`] holds the model itself; [`cities`] the built-in cities.
+//! [`world`] holds the model itself; [`cities`] the built-in cities; [`supply_drop`] the
+//! `--supply-drop` scenario.
 
 pub mod cities;
+pub mod supply_drop;
 pub mod world;
 
 use std::fs::File;
@@ -74,14 +78,24 @@ fn expected_events(world: &WorldConfig, stop: Stop) -> u64 {
     }
 }
 
-/// Runs the world and writes its ride events as JSON lines to `path`, unpaced.
-pub fn to_file(world: WorldConfig, stop: Stop, path: &Path) -> anyhow::Result<Summary> {
+fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
+    let file =
+        File::create(path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, file))
+}
+
+/// Runs the world and writes its ride events as JSON lines to `path`, unpaced, and its
+/// driver locations (SPEC §2, one JSON object a line) to `locations` when given.
+pub fn to_file(
+    world: WorldConfig,
+    stop: Stop,
+    path: &Path,
+    locations: Option<&Path>,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let bar = progress(expected_events(&world, stop), "events");
-    let mut out = BufWriter::with_capacity(
-        1 << 20,
-        File::create(path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-    );
+    let mut out = create(path)?;
+    let mut locations_out = locations.map(create).transpose()?;
     let mut world = World::new(world);
     let mut summary = Summary::default();
     let mut batch = Vec::new();
@@ -93,20 +107,32 @@ pub fn to_file(world: WorldConfig, stop: Stop, path: &Path) -> anyhow::Result<Su
         batch.clear();
         world.tick(&mut batch);
         for message in &batch {
-            if let Message::Ride(event) = message {
-                if let Stop::Count(n) = stop {
-                    if summary.ride_events >= n {
-                        break 'run;
+            match message {
+                Message::Ride(event) => {
+                    if let Stop::Count(n) = stop {
+                        if summary.ride_events >= n {
+                            break 'run;
+                        }
+                    }
+                    serde_json::to_writer(&mut out, event)?;
+                    out.write_all(b"\n")?;
+                    summary.ride_events += 1;
+                }
+                Message::Location(location) => {
+                    if let Some(file) = &mut locations_out {
+                        file.write_all(location.to_json().as_bytes())?;
+                        file.write_all(b"\n")?;
+                        summary.locations += 1;
                     }
                 }
-                serde_json::to_writer(&mut out, event)?;
-                out.write_all(b"\n")?;
-                summary.ride_events += 1;
             }
         }
         bar.set_position(summary.ride_events);
     }
     out.flush()?;
+    if let Some(mut file) = locations_out {
+        file.flush()?;
+    }
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -195,19 +221,39 @@ pub fn to_kafka(config: &Config, world: WorldConfig, stop: Stop) -> anyhow::Resu
     Ok(summary)
 }
 
+/// What a replayed file holds, so which topic and key its lines get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayKind {
+    /// Ride events: `ride-events`, keyed by `ride_id`.
+    Rides,
+    /// Driver locations: `driver-locations`, keyed by `driver_id`.
+    Locations,
+}
+
 /// Produces every line of `path` into `ride-events` as fast as the broker takes it, keyed
 /// by `ride_id` (lines without one have no key), bytes unchanged.
 pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
+    replay_file(config, path, ReplayKind::Rides)
+}
+
+/// Like [`replay`], for either kind of file: ride events into `ride-events` keyed by
+/// `ride_id`, driver locations into `driver-locations` keyed by `driver_id` (the key the
+/// producer's murmur2 partitioner places; lines without one have no key). For locations the
+/// summary counts the delivered lines in `locations`.
+pub fn replay_file(config: &Config, path: &Path, kind: ReplayKind) -> anyhow::Result<Summary> {
     let brokers = &config.kafka.brokers;
     crate::kafka::topics::fetch_metadata(brokers, None)?;
     let file =
         File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let producer = CountingProducer::new(
-        &config.kafka,
-        &config.topics.ride_events,
-        "ridepulse-replay",
-    )?;
+    let (topic, client_id) = match kind {
+        ReplayKind::Rides => (&config.topics.ride_events, "ridepulse-replay"),
+        ReplayKind::Locations => (
+            &config.topics.driver_locations,
+            "ridepulse-replay-locations",
+        ),
+    };
+    let producer = CountingProducer::new(&config.kafka, topic, client_id)?;
     let bar = progress(length, "bytes");
     let started = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -223,7 +269,10 @@ pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        let key = crate::kafka::partitioner::ride_id_key(&line);
+        let key = match kind {
+            ReplayKind::Rides => crate::kafka::partitioner::ride_id_key(&line),
+            ReplayKind::Locations => crate::kafka::partitioner::driver_id_key(&line),
+        };
         producer.send(key.as_deref().map(str::as_bytes), &line, None)?;
         lines += 1;
         if lines % 4096 == 0 {
@@ -236,9 +285,14 @@ pub fn replay(config: &Config, path: &Path) -> anyhow::Result<Summary> {
     }
     bar.finish_and_clear();
     let result = producer.finish(Duration::from_secs(300));
+    let delivered = producer.stats().delivered.load(Ordering::Relaxed);
+    let (ride_events, locations) = match kind {
+        ReplayKind::Rides => (delivered, 0),
+        ReplayKind::Locations => (0, delivered),
+    };
     let summary = Summary {
-        ride_events: producer.stats().delivered.load(Ordering::Relaxed),
-        locations: 0,
+        ride_events,
+        locations,
         errors: producer.stats().failed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     };

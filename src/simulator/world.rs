@@ -9,8 +9,20 @@
 //! run silently for [`PREWARM`] so that rides are already in every stage of their life: the
 //! mix of event types is the steady state's from the first second.
 //!
-//! Same seed, cities, rate, surges and start time → the same events, byte for byte; the
-//! world uses one seeded ChaCha stream and no hash maps.
+//! Supply: a ride is accepted only by a driver with room for it. Each simulated driver
+//! stands for a share of the fleet (2,000 drivers carry 50,000 ride events a minute), so it
+//! holds up to its city's *capacity* of rides at once, sized when the world is made so that
+//! the city's online drivers cover its steady-state demand with [`HEADROOM`] to spare. A
+//! driver reports `available` while it has room and `on_trip` when it is full. When no
+//! driver of the city has room (a `--surge` beyond the headroom, a `--supply-drop` taking
+//! drivers offline) the request waits, retried every [`RETRY_MS`], and a rider who has waited
+//! longer than their patience (2 to 8 minutes) cancels: fewer available drivers mean more
+//! waiting riders, longer waits and more cancellations, which is what SPEC §5 measures. In a
+//! shortage fewer ride events happen than `--rate` asks; at most a minute of that shortfall
+//! is made up afterwards.
+//!
+//! Same seed, cities, rate, surges, supply drops and start time → the same events, byte for
+//! byte; the world uses one seeded ChaCha stream and no hash maps.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -21,6 +33,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::cities::City;
+pub use super::supply_drop::SupplyDrop;
 
 /// Simulated time per tick.
 pub const TICK_MS: i64 = 100;
@@ -41,6 +54,17 @@ const EVENTS_PER_RIDE: f64 = P_COMPLETE * 4.0
 const PULL_AHEAD_MS: i64 = 4_900;
 /// Drivers that stay offline (1 in N).
 const OFFLINE_ONE_IN: usize = 20;
+/// Spare driver capacity over the steady state's demand: a surge up to this factor is
+/// absorbed, beyond it riders wait.
+pub const HEADROOM: f64 = 1.25;
+/// Seconds a ride holds its driver on average: accepted → started (60–480 s) plus the trip
+/// (1–15 km, squared skew, 90–180 s/km) for completed rides, accepted → cancelled (30–300 s)
+/// for the ones cancelled after acceptance.
+const MEAN_HOLD_S: f64 = P_COMPLETE * (270.0 + (1.0 + 14.0 / 3.0) * 135.0)
+    + (1.0 - P_COMPLETE) * (1.0 - P_CANCEL_BEFORE_ACCEPT) * 165.0;
+/// A request no driver could take is offered again this much later (no sooner than the
+/// pull-ahead window, so a retry is never pulled into the tick that just failed).
+pub const RETRY_MS: i64 = 5_000;
 
 /// A temporary rise in demand in one city (`--surge CITY:FACTOR:START:END`).
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +136,8 @@ pub struct WorldConfig {
     pub drivers: usize,
     /// Demand surges.
     pub surges: Vec<Surge>,
+    /// Drivers going offline for a while.
+    pub supply_drops: Vec<SupplyDrop>,
     /// Event time of the first emitted tick, in Unix milliseconds.
     pub start_ms: i64,
 }
@@ -141,6 +167,8 @@ struct Ride {
     driver: Option<usize>,
     plan: Plan,
     stage: EventType,
+    /// When the rider asked, for their patience while no driver has room.
+    requested_at: i64,
     estimate: f64,
     km: f64,
     pickup: GeoPoint,
@@ -155,6 +183,8 @@ struct Driver {
     position: GeoPoint,
     rides: u32,
     offline: bool,
+    /// Offline because of an active `--supply-drop`.
+    dropped: bool,
 }
 
 /// The simulated ride service.
@@ -174,6 +204,8 @@ pub struct World {
     next_ride: u64,
     drivers: Vec<Driver>,
     drivers_by_city: Vec<Vec<usize>>,
+    /// Rides one driver of the city holds at most (see the module doc).
+    capacity: Vec<u32>,
     users_by_city: Vec<u32>,
     total_weight: f64,
 }
@@ -206,6 +238,7 @@ impl World {
                     },
                     rides: 0,
                     offline: number % OFFLINE_ONE_IN == OFFLINE_ONE_IN - 1,
+                    dropped: false,
                 });
             }
         }
@@ -215,6 +248,24 @@ impl World {
             .cities
             .iter()
             .map(|c| ((riders * c.weight / total_weight) as u32).max(20))
+            .collect();
+        // Capacity: the city's rides in flight in the steady state (requests per minute
+        // times the mean holding time) over its online drivers, plus the headroom.
+        let requests_per_minute = config.rate_per_minute / EVENTS_PER_RIDE;
+        let capacity = config
+            .cities
+            .iter()
+            .zip(&drivers_by_city)
+            .map(|(city, fleet)| {
+                let online = fleet
+                    .iter()
+                    .filter(|&&d| !drivers[d].offline)
+                    .count()
+                    .max(1) as f64;
+                let in_flight =
+                    requests_per_minute * city.weight / total_weight * MEAN_HOLD_S / 60.0;
+                ((HEADROOM * in_flight / online).ceil() as u32).max(1)
+            })
             .collect();
         let prewarm_ticks = PREWARM.as_millis() as i64 / TICK_MS;
         let mut world = World {
@@ -230,6 +281,7 @@ impl World {
             next_ride: 0,
             drivers,
             drivers_by_city,
+            capacity,
             users_by_city,
             total_weight,
         };
@@ -275,9 +327,46 @@ impl World {
             .fold(1.0, f64::max)
     }
 
+    /// Sets each driver's `dropped` flag for event time `at_ms`.
+    fn apply_supply_drops(&mut self, at_ms: i64) {
+        if self.config.supply_drops.is_empty() {
+            return;
+        }
+        let offset = at_ms - self.config.start_ms;
+        for (city, fleet) in self.drivers_by_city.iter().enumerate() {
+            let name = self.config.cities[city].name;
+            let active: Vec<&SupplyDrop> = self
+                .config
+                .supply_drops
+                .iter()
+                .filter(|d| d.city == name && offset >= 0 && d.active_at(offset))
+                .collect();
+            for (k, &driver) in fleet.iter().enumerate() {
+                self.drivers[driver].dropped = active.iter().any(|d| d.takes(k));
+            }
+        }
+    }
+
+    /// Whether a driver can take one more ride.
+    fn has_room(&self, driver: usize) -> bool {
+        let d = &self.drivers[driver];
+        !d.offline && !d.dropped && d.rides < self.capacity[d.city]
+    }
+
+    /// A driver of `city` with room for a ride: a random one, or the next with room after
+    /// it in the fleet; `None` when every driver is offline or full.
+    fn driver_with_room(&mut self, city: usize) -> Option<usize> {
+        let len = self.drivers_by_city[city].len();
+        let first = self.rng.random_range(0..len);
+        (0..len)
+            .map(|k| self.drivers_by_city[city][(first + k) % len])
+            .find(|&d| self.has_room(d))
+    }
+
     fn step(&mut self, emit: bool, out: &mut Vec<Message>) {
         let t0 = self.now_ms();
         let t1 = t0 + TICK_MS;
+        self.apply_supply_drops(t0);
         let factors: Vec<f64> = (0..self.config.cities.len())
             .map(|c| self.config.cities[c].weight * self.surge_factor(c, t0))
             .collect();
@@ -305,12 +394,14 @@ impl World {
                     .is_some_and(|Reverse((due, _, _))| *due < t1 + PULL_AHEAD_MS)
             {
                 let Reverse((due, _, slot)) = self.due.pop().expect("peeked");
-                self.advance(slot, due.clamp(t0, t1 - 1), Some(&mut *out));
-                budget -= 1;
+                if self.advance(slot, due.clamp(t0, t1 - 1), Some(&mut *out)) {
+                    budget -= 1;
+                }
             }
             // A shortfall (right after demand jumps) is made up in later ticks, an excess
-            // (more requests than the quota) is paid back.
-            self.quota_carry += budget as f64;
+            // (more requests than the quota) is paid back. A long driver shortage makes
+            // fewer events than the quota: at most a minute of that is made up afterwards.
+            self.quota_carry = (self.quota_carry + budget as f64).min(per_tick * 600.0);
         } else {
             // Pre-warm: every due step fires at its time.
             while self
@@ -389,6 +480,7 @@ impl World {
             driver: None,
             plan,
             stage: EventType::Requested,
+            requested_at: at,
             estimate,
             km,
             pickup,
@@ -421,17 +513,33 @@ impl World {
         self.schedule(slot, next);
     }
 
-    /// Moves a ride to its next stage at time `at`.
-    fn advance(&mut self, slot: usize, at: i64, out: Option<&mut Vec<Message>>) {
+    /// Moves a ride to its next stage at time `at`; false when nothing happened (no driver
+    /// had room for a waiting request, which is offered again [`RETRY_MS`] later).
+    fn advance(&mut self, slot: usize, at: i64, out: Option<&mut Vec<Message>>) -> bool {
         let mut ride = self.rides[slot].take().expect("a scheduled ride exists");
         let (kind, fare, next) = match (ride.stage, ride.plan) {
             (EventType::Requested, Plan::CancelBeforeAccept) => (EventType::Cancelled, None, None),
             (EventType::Requested, plan) => {
-                let fleet = &self.drivers_by_city[ride.city];
-                let mut driver = fleet[self.rng.random_range(0..fleet.len())];
-                if self.drivers[driver].offline {
-                    driver = fleet[(self.drivers[driver].number + 1) % fleet.len()];
-                }
+                let Some(driver) = self.driver_with_room(ride.city) else {
+                    // Patience: 2 to 8 minutes, fixed per ride (no draw from the stream).
+                    let patience = 120_000 + (ride.number * 7_919 % 360) as i64 * 1_000;
+                    if at - ride.requested_at < patience {
+                        self.rides[slot] = Some(ride);
+                        self.schedule(slot, at + RETRY_MS);
+                        return false;
+                    }
+                    // The rider gave up before any driver had room.
+                    if let Some(out) = out {
+                        out.push(Message::Ride(self.event(
+                            &ride,
+                            EventType::Cancelled,
+                            at,
+                            None,
+                        )));
+                    }
+                    self.free.push(slot);
+                    return true;
+                };
                 self.drivers[driver].rides += 1;
                 ride.driver = Some(driver);
                 let wait = if plan == Plan::CancelAfterAccept {
@@ -468,6 +576,7 @@ impl World {
                 self.free.push(slot);
             }
         }
+        true
     }
 
     fn event(&self, ride: &Ride, kind: EventType, at: i64, fare: Option<f64>) -> RideEvent {
@@ -500,14 +609,15 @@ impl World {
                 self.rng.random_range(-step..step),
                 self.rng.random_range(-step..step),
             );
+            let capacity = self.capacity[self.drivers[driver].city];
             let d = &mut self.drivers[driver];
             if !d.offline {
                 d.position.lat += dlat;
                 d.position.lng += dlng;
             }
-            let status = if d.offline {
+            let status = if d.offline || d.dropped {
                 DriverStatus::Offline
-            } else if d.rides > 0 {
+            } else if d.rides >= capacity {
                 DriverStatus::OnTrip
             } else {
                 DriverStatus::Available
@@ -539,6 +649,7 @@ mod tests {
             cities: cities::resolve(Some("5")).unwrap(),
             drivers: 200,
             surges: vec![],
+            supply_drops: vec![],
             start_ms: 1_795_428_000_000,
         }
     }
@@ -681,6 +792,131 @@ mod tests {
         }
         assert!(per_driver.len() >= 190, "{}", per_driver.len());
         assert!(per_driver.values().all(|&n| n == 2), "{per_driver:?}");
+    }
+
+    const MINUTE: i64 = 60_000;
+
+    /// Distinct drivers of `city` that reported `available` during minute `m` of the run.
+    fn available_drivers(messages: &[Message], city: &str, m: i64) -> usize {
+        let from = 1_795_428_000_000 + m * MINUTE;
+        let drivers: std::collections::BTreeSet<&str> = messages
+            .iter()
+            .filter_map(|message| match message {
+                Message::Location(l)
+                    if l.city == city
+                        && l.status == DriverStatus::Available
+                        && (from..from + MINUTE).contains(&l.timestamp.0) =>
+                {
+                    Some(l.driver_id.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        drivers.len()
+    }
+
+    /// SPEC §5's waiting riders of `city` at the end of minute `m` of the run, recomputed
+    /// from the emitted ride events: rides whose latest event before the end is `requested`
+    /// and at most 10 minutes old.
+    fn waiting_riders(messages: &[Message], city: &str, m: i64) -> usize {
+        let end = 1_795_428_000_000 + (m + 1) * MINUTE;
+        let mut latest: BTreeMap<&str, (i64, EventType)> = BTreeMap::new();
+        for event in rides(messages) {
+            if event.city == city && event.timestamp.0 < end {
+                let entry = latest
+                    .entry(&event.ride_id)
+                    .or_insert((i64::MIN, event.event_type));
+                if event.timestamp.0 >= entry.0 {
+                    *entry = (event.timestamp.0, event.event_type);
+                }
+            }
+        }
+        latest
+            .values()
+            .filter(|(at, kind)| *kind == EventType::Requested && *at >= end - 10 * MINUTE)
+            .count()
+    }
+
+    #[test]
+    fn a_supply_drop_takes_available_drivers_away_and_riders_wait() {
+        let mut c = config(9, 6000.0);
+        c.drivers = 400;
+        c.supply_drops = vec![SupplyDrop::parse("paris:0.8:2m:8m").unwrap()];
+        let out = run(c, 11 * 600);
+        let calm = run(config_with_drivers(9, 6000.0, 400), 11 * 600);
+        let paris: Vec<usize> = (0..11)
+            .map(|m| available_drivers(&out, "paris", m))
+            .collect();
+        let london: Vec<usize> = (0..11)
+            .map(|m| available_drivers(&out, "london", m))
+            .collect();
+        let waiting: Vec<usize> = (0..11).map(|m| waiting_riders(&out, "paris", m)).collect();
+        let calm_waiting: Vec<usize> = (0..11).map(|m| waiting_riders(&calm, "paris", m)).collect();
+        eprintln!("paris available {paris:?}\nlondon available {london:?}\nparis waiting {waiting:?}\ncalm waiting {calm_waiting:?}");
+        // Before the drop the same as without it; during it at most the 20 % left.
+        let before: Vec<usize> = (0..2)
+            .map(|m| available_drivers(&calm, "paris", m))
+            .collect();
+        assert_eq!(paris[..2], before[..]);
+        for m in 2..8 {
+            assert!(
+                (paris[m] as f64) <= 0.25 * paris[1] as f64,
+                "minute {m}: {paris:?}"
+            );
+        }
+        // After it the drivers come back.
+        assert!(paris[10] as f64 >= 0.8 * paris[1] as f64, "{paris:?}");
+        // Another city does not notice.
+        for m in 0..11 {
+            assert!(
+                (london[m] as f64 - london[1] as f64).abs() <= 0.1 * london[1] as f64,
+                "{london:?}"
+            );
+        }
+        // Riders wait: more of them than without the drop, and more than before it.
+        for m in 5..8 {
+            assert!(
+                waiting[m] > 2 * calm_waiting[m],
+                "minute {m}: {waiting:?} vs {calm_waiting:?}"
+            );
+            assert!(waiting[m] > 2 * waiting[1], "minute {m}: {waiting:?}");
+        }
+        // Some of them give up: more cancellations than without the drop.
+        let cancelled = |messages: &[Message]| {
+            rides(messages)
+                .iter()
+                .filter(|e| e.city == "paris" && e.event_type == EventType::Cancelled)
+                .count()
+        };
+        assert!(
+            cancelled(&out) > cancelled(&calm),
+            "{} vs {}",
+            cancelled(&out),
+            cancelled(&calm)
+        );
+    }
+
+    fn config_with_drivers(seed: u64, rate: f64, drivers: usize) -> WorldConfig {
+        WorldConfig {
+            drivers,
+            ..config(seed, rate)
+        }
+    }
+
+    #[test]
+    fn a_surge_shows_as_waiting_riders_rising() {
+        let mut c = config_with_drivers(10, 6000.0, 400);
+        c.surges = vec![Surge::parse("paris:3:2m:6m").unwrap()];
+        let out = run(c, 7 * 600);
+        let waiting: Vec<usize> = (0..7).map(|m| waiting_riders(&out, "paris", m)).collect();
+        let available: Vec<usize> = (0..7)
+            .map(|m| available_drivers(&out, "paris", m))
+            .collect();
+        eprintln!("waiting {waiting:?}\navailable {available:?}");
+        // Three times the requests with a quarter of headroom: the drivers run out of room
+        // and the queue grows beyond the three times as many requests in matching.
+        assert!(waiting[5] > 4 * waiting[1], "{waiting:?}");
+        assert!(available[5] * 2 < available[1], "{available:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 against a running `ridepulse dashboard`, the way an ops engineer looks at it.
 
 Usage: check_dashboard.py DASHBOARD_URL CLICKHOUSE_URL DATABASE SCREENSHOT SQL_FILE
-                          DOWN_URL HOSTILE_CITY -- MORE_EVENTS_COMMAND...
+                          DOWN_URL HOSTILE_CITY SUPPLY_SQL_FILE -- MORE_EVENTS_COMMAND...
 
 1. Waits for live data on the page, then checks that every number of the "cities in the
    last hour" table equals what ClickHouse returns for SQL_FILE (the same city and window),
@@ -10,9 +10,15 @@ Usage: check_dashboard.py DASHBOARD_URL CLICKHOUSE_URL DATABASE SCREENSHOT SQL_F
    HOSTILE_CITY (a city of some of the events: markup whose `onerror` sets window.__pwned)
    must appear as exactly that text in the table and in the chart legends, with no `img`,
    no `onerror` attribute and no window.__pwned coming out of it.
+   The supply-and-demand table equals what ClickHouse returns for SUPPLY_SQL_FILE, row for
+   row in its order (cities under pressure first); exactly the rows above the pressure
+   threshold (or with riders waiting and no driver available) are highlighted; the pressure
+   chart draws its threshold; HOSTILE_CITY is text there too.
 2. Saves a screenshot to SCREENSHOT.
-3. Runs MORE_EVENTS_COMMAND (which writes new events through the pipeline) and, without
-   reloading, waits until the page shows the new numbers (again equal to ClickHouse's).
+3. Runs MORE_EVENTS_COMMAND (which writes new events through the pipeline, and a newer
+   supply row for kosice with no driver available) and, without reloading, waits until the
+   page shows the new numbers (again equal to ClickHouse's) and kosice first in the supply
+   table.
 4. Opens DOWN_URL (a dashboard whose ClickHouse is unreachable) and checks the notice.
 Prints what it saw; exits non-zero on the first failure.
 """
@@ -145,6 +151,67 @@ def check_hostile(browser, city, when):
           f"{seen['series']} series; no img, no handler, window.__pwned undefined", flush=True)
 
 
+READ_SUPPLY = """
+const rows = [];
+for (const tr of document.querySelectorAll('#supply tbody tr[data-city]')) {
+  const cells = {};
+  for (const td of tr.querySelectorAll('td')) cells[td.dataset.col] = td.textContent;
+  rows.push({city: tr.dataset.city, cells, highlighted: tr.classList.contains('over-threshold')});
+}
+const series = (id) => document.querySelectorAll(`#${id} svg path`).length;
+return {
+  updates: Number(document.getElementById('updated').dataset.updates),
+  rows,
+  threshold: document.getElementById('pressure-threshold').textContent,
+  pressureThresholdLines: document.querySelectorAll('#chart-pressure .threshold').length,
+  series: {available: series('chart-available'), waiting: series('chart-waiting'), pressure: series('chart-pressure')},
+  images: document.querySelectorAll('img').length,
+};
+"""
+
+
+def compare_supply(page, expected, threshold):
+    """The supply table equals ClickHouse's rows, in the same order, highlights included."""
+    cities = [r["city"] for r in page["rows"]]
+    if cities != [r["city"] for r in expected]:
+        return f"order differs: page {cities} vs ClickHouse {[r['city'] for r in expected]}"
+    for shown, row in zip(page["rows"], expected):
+        cells = shown["cells"]
+        if cells["city"] != row["city"]:
+            return f"{row['city']}: the city cell shows {cells['city']!r}"
+        if cells["minute"] != row["minute"][11:16]:
+            return f"{row['city']}.minute: page {cells['minute']} vs ClickHouse {row['minute']}"
+        for col in ["waiting_riders", "available_drivers", "on_trip_drivers", "rides_in_progress", "requests"]:
+            if number(cells[col]) != float(row[col]):
+                return f"{row['city']}.{col}: page {cells[col]} vs ClickHouse {row[col]}"
+        if row["pressure"] is None:
+            if cells["pressure"] != "–":
+                return f"{row['city']}.pressure: page {cells['pressure']} vs ClickHouse null"
+        elif abs(number(cells["pressure"]) - float(row["pressure"])) > 0.005:
+            return f"{row['city']}.pressure: page {cells['pressure']} vs ClickHouse {row['pressure']}"
+        pressured = (row["available_drivers"] == 0 and row["waiting_riders"] > 0) if row["pressure"] is None \
+            else float(row["pressure"]) > threshold
+        if shown["highlighted"] != pressured:
+            return f"{row['city']}: highlighted {shown['highlighted']}, under pressure {pressured}"
+    return None
+
+
+def wait_until_supply_equal(browser, ch_url, database, sql, first_city, what):
+    deadline = time.time() + 60
+    problem = "no rows yet"
+    while time.time() < deadline:
+        page = browser.js(READ_SUPPLY)
+        if page["rows"] and (first_city is None or page["rows"][0]["city"] == first_city):
+            expected = clickhouse(ch_url, database, sql)
+            problem = compare_supply(page, expected, float(page["threshold"]))
+            if problem is None:
+                return page, expected
+        elif page["rows"]:
+            problem = f"first city {page['rows'][0]['city']!r}, waiting for {first_city!r}"
+        time.sleep(0.5)
+    fail(f"{what}: the supply table never matched ClickHouse: {problem}")
+
+
 def clickhouse(url, database, sql):
     params = urllib.parse.urlencode({"database": database, "default_format": "JSON",
                                      "output_format_json_quote_64bit_integers": 0})
@@ -190,9 +257,10 @@ def wait_until_equal(browser, ch_url, database, sql, after_updates, what):
 
 
 def main():
-    dash_url, ch_url, database, screenshot, sql_file, down_url, hostile = sys.argv[1:8]
+    dash_url, ch_url, database, screenshot, sql_file, down_url, hostile, supply_file = sys.argv[1:9]
     more_events = sys.argv[sys.argv.index("--") + 1:]
     sql = open(sql_file).read().strip().rstrip(";")
+    supply_sql = open(supply_file).read().strip().rstrip(";")
     browser = Browser()
     try:
         browser.open(dash_url)
@@ -207,6 +275,16 @@ def main():
         if page["charts"] < 6 or page["thresholdLines"] != 1:
             fail(f"charts: {page['charts']} series drawn, {page['thresholdLines']} threshold lines")
         print(f"ok   {page['charts']} chart series, threshold line drawn", flush=True)
+        supply, expected = wait_until_supply_equal(browser, ch_url, database, supply_sql, None, "first load")
+        highlighted = [r["city"] for r in supply["rows"] if r["highlighted"]]
+        if supply["threshold"] != "2" or supply["pressureThresholdLines"] != 1:
+            fail(f"pressure threshold: {supply['threshold']!r}, {supply['pressureThresholdLines']} lines drawn")
+        if min(supply["series"].values()) < len(expected) or supply["images"]:
+            fail(f"supply charts: {supply}")
+        if hostile not in highlighted or supply["rows"][0]["city"] != "bratislava":
+            fail(f"supply: under pressure {highlighted}, first {supply['rows'][0]['city']!r}")
+        print(f"ok   supply table matches ClickHouse in its order {[r['city'] for r in supply['rows']]}, "
+              f"highlighted {highlighted}, pressure threshold 2 drawn, series {supply['series']}", flush=True)
         browser.screenshot(screenshot)
         print(f"ok   screenshot {screenshot}", flush=True)
 
@@ -224,6 +302,11 @@ def main():
             time.sleep(0.5)
         print(f"ok   without a reload the page shows the new events ({len(grown)} cities grew, "
               f"{page['updates']} updates) and still matches ClickHouse", flush=True)
+        supply, _ = wait_until_supply_equal(browser, ch_url, database, supply_sql, "kosice", "after new events")
+        if not supply["rows"][0]["highlighted"]:
+            fail(f"kosice, riders waiting and no driver available, is not highlighted: {supply['rows'][0]}")
+        print(f"ok   without a reload kosice (no driver available) moved to the top of the supply "
+              f"table: {[r['city'] for r in supply['rows']]}", flush=True)
         check_hostile(browser, hostile, "after new events")
 
         browser.open(down_url)

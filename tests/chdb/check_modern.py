@@ -2,8 +2,10 @@
 
 Usage: check_modern.py DDL_FILE SQL_FILE...
 Creates the tables from DDL_FILE, inserts a small known set of events (one re-delivered
-message, one late event, one outside the last hour), runs each SQL file and prints its
-result as JSON lines: {"file": ..., "rows": [...]}. Exits non-zero on any error.
+message, one late event, one outside the last hour) and of city_supply rows (a row replaced
+by a newer version, a city with no driver available, a city whose latest row is over 15
+minutes old), runs each SQL file and prints its result as JSON lines:
+{"file": ..., "rows": [...]}. Exits non-zero on any error.
 """
 import json
 import sys
@@ -41,6 +43,24 @@ def main():
         "INSERT INTO ridepulse.ride_events (event_type, ride_id, timestamp, timestamp_ms, city, "
         "user_id, driver_id, estimated_fare, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, "
         "kafka_partition, kafka_offset, is_late, ingested_at) VALUES " + ", ".join(rows)
+    )
+    supply = []
+
+    def minute(city, minutes_ago, available, waiting, version):
+        m = (now_ms // 60_000 - minutes_ago) * 60
+        pressure = "NULL" if available == 0 else repr(waiting / available)
+        supply.append(f"(toDateTime({m}, 'UTC'), '{city}', {available}, 4, {waiting}, 4, 7, {pressure}, 1, {version}, now())")
+
+    minute("bratislava", 3, 10, 5, 1)
+    minute("bratislava", 2, 8, 24, 1)
+    minute("bratislava", 2, 6, 24, 2)  # replaces the row above: pressure 4
+    minute("brno", 2, 0, 3, 1)  # riders waiting, no driver available: first
+    minute("kosice", 1, 20, 10, 1)
+    minute("praha", 30, 1, 50, 1)  # not now any more
+    s.query(
+        "INSERT INTO ridepulse.city_supply (minute, city, available_drivers, on_trip_drivers, "
+        "waiting_riders, rides_in_progress, requests, pressure, is_final, version, updated_at) "
+        "VALUES " + ", ".join(supply)
     )
     for path in sql_files:
         sql = open(path).read().strip().rstrip(";")

@@ -4,8 +4,9 @@ Usage: check_grafana.py GRAFANA_DIR CLICKHOUSE_URL DATABASE MODERN_DDL_FILE
 
 1. Structure: every provisioning YAML and the dashboard JSON have the fields Grafana's file
    provisioning reads (apiVersion, datasources/providers/groups, panels with gridPos and
-   targets, the alert rule's refIds, `for`, threshold), they refer to the provisioned data
-   source uid, and the dashboard has the panels the ops team asked for.
+   targets, the alert rules' refIds, `for`, threshold), they refer to the provisioned data
+   source uid, and the dashboard has the panels the ops team asked for (the supply table
+   is sql/where_riders_wait_now.sql verbatim, the pressure chart draws the threshold 2).
 2. Queries: every panel's and the alert rule's SQL, with the plugin's macros expanded as
    grafana-clickhouse-datasource v4 does (pkg/macros/macros.go), runs
    a. against the local ClickHouse (the test filled DATABASE with a job's output), and must
@@ -41,8 +42,21 @@ EXPECTED = {
         "city", "requests", "completions", "cancellations", "completion_rate_pct",
         "avg_fare", "unique_riders", "events",
     ],
+    "Where riders wait now": [
+        "city", "minute", "waiting_riders", "available_drivers", "on_trip_drivers",
+        "rides_in_progress", "requests", "pressure", "is_final",
+    ],
+    "Available drivers per minute": ["time", "city", "available_drivers"],
+    "Waiting riders per minute": ["time", "city", "waiting_riders"],
+    "Pressure (waiting riders per available driver)": ["time", "city", "pressure"],
     "alert: Cancellation rate above 30 %": ["city", "cancellation_rate_pct"],
+    "alert: Pressure above 2": ["city", "pressure"],
 }
+ALERTS = {t for t in EXPECTED if t.startswith("alert: ")}
+# Queries with no clock in their rows: both servers must return exactly the same rows.
+SAME_ON_BOTH = ["Where riders wait now", "alert: Pressure above 2"]
+# Tables the panels read, copied from the local server into chDB.
+TABLES = ["ride_events", "city_metrics", "dead_letters", "city_supply"]
 # Panels that may legitimately be empty on a healthy pipeline (no late events in a minute).
 MAY_BE_EMPTY = set()
 
@@ -110,26 +124,37 @@ def check_structure(root):
         assert target["editorType"] == "sql" and target["rawSql"].strip()
         queries.append((panel["title"], target["rawSql"]))
     titles = {title for title, _ in queries}
-    missing = set(EXPECTED) - titles - {"alert: Cancellation rate above 30 %"}
+    missing = set(EXPECTED) - titles - ALERTS
     assert not missing, f"panels missing: {missing}"
-    cancel = next(p for p in dash["panels"] if p["title"].startswith("Cancellation rate"))
-    steps = cancel["fieldConfig"]["defaults"]["thresholds"]["steps"]
-    assert any(s["value"] == 30 for s in steps), "30 % threshold drawn"
-    assert cancel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
-    ok(f"dashboard: {len(queries)} panels, refresh {dash['refresh']}, 30 % threshold drawn")
+    for prefix, value in [("Cancellation rate", 30), ("Pressure", 2)]:
+        panel = next(p for p in dash["panels"] if p["title"].startswith(prefix))
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert any(s["value"] == value for s in steps), f"{prefix}: {value} threshold drawn"
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    shipped = open(f"{root}/../sql/where_riders_wait_now.sql").read().strip()
+    (wait,) = [sql for title, sql in queries if title == "Where riders wait now"]
+    assert wait.strip() == shipped, "the supply table runs sql/where_riders_wait_now.sql as shipped"
+    ok(f"dashboard: {len(queries)} panels, refresh {dash['refresh']}, 30 % and pressure 2 thresholds drawn")
 
     alerts = yaml.safe_load(open(f"{root}/provisioning/alerting/ridepulse-alerts.yaml"))
     assert alerts["apiVersion"] == 1
     (group,) = alerts["groups"]
-    (rule,) = group["rules"]
-    refs = {d["refId"]: d for d in rule["data"]}
-    assert rule["condition"] in refs and rule["for"] == "5m", rule
-    assert refs["A"]["datasourceUid"] == DS_UID
-    threshold = refs[rule["condition"]]["model"]
-    assert threshold["type"] == "threshold" and threshold["expression"] in refs
-    assert threshold["conditions"][0]["evaluator"] == {"type": "gt", "params": [30]}
-    ok("alert rule: cancellation rate > 30 for 5m")
-    queries.append(("alert: " + rule["title"], refs["A"]["model"]["rawSql"]))
+    rules = {rule["uid"]: rule for rule in group["rules"]}
+    assert len(rules) == len(group["rules"]), "alert rule uids unique"
+    for uid, title, value in [
+        ("ridepulse-cancellation-rate", "Cancellation rate above 30 %", 30),
+        ("ridepulse-supply-pressure", "Pressure above 2", 2),
+    ]:
+        rule = rules[uid]
+        assert rule["title"] == title, rule["title"]
+        refs = {d["refId"]: d for d in rule["data"]}
+        assert rule["condition"] in refs and rule["for"] == "5m", rule
+        assert refs["A"]["datasourceUid"] == DS_UID
+        threshold = refs[rule["condition"]]["model"]
+        assert threshold["type"] == "threshold" and threshold["expression"] in refs
+        assert threshold["conditions"][0]["evaluator"] == {"type": "gt", "params": [value]}
+        ok(f"alert rule: {title} ({uid}): > {value} for 5m")
+        queries.append(("alert: " + rule["title"], refs["A"]["model"]["rawSql"]))
     return queries
 
 
@@ -155,6 +180,7 @@ def main():
     interval_s = 10
 
     # a. the local server, filled by the test
+    local = {}
     for title, sql in queries:
         expanded = expand(sql, start, end, interval_s)
         result = http_query(url, database, expanded)
@@ -163,6 +189,7 @@ def main():
             fail(f"{title}: columns {columns}, expected {EXPECTED[title]}")
         if not result["data"] and title not in MAY_BE_EMPTY:
             fail(f"{title}: no rows on the local server\n{expanded}")
+        local[title] = result["data"]
         ok(f"local ClickHouse: {title}: {len(result['data'])} rows")
 
     # b. chDB, modern DDL, the same rows
@@ -170,7 +197,7 @@ def main():
     for statement in open(ddl_file).read().split(";"):
         if statement.strip():
             s.query(statement)
-    for table in ["ride_events", "city_metrics", "dead_letters"]:
+    for table in TABLES:
         rows = http_raw(url, database, f"SELECT * FROM {table} FORMAT JSONEachRow",
                         output_format_json_quote_64bit_integers=0)
         if rows.strip():
@@ -185,6 +212,15 @@ def main():
         if not result["data"] and title not in MAY_BE_EMPTY:
             fail(f"chDB: {title}: no rows")
         ok(f"chDB: {title}: {len(result['data'])} rows")
+        if title in SAME_ON_BOTH:
+            def text(rows):
+                return [{k: None if v is None else str(v) for k, v in row.items()} for row in rows]
+            ordered = "ORDER BY" in sql  # without one, rows come in any order
+            same = text(result["data"]) == text(local[title]) if ordered else \
+                sorted(map(json.dumps, text(result["data"]))) == sorted(map(json.dumps, text(local[title])))
+            if not same:
+                fail(f"{title}: chDB {result['data']} vs local {local[title]}")
+            print(f"same {title}: {json.dumps(text(result['data']))}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ function lineChart(el, series, cities, opts = {}) {
       class: "threshold", x1: L, x2: W - R, y1: y(opts.threshold), y2: y(opts.threshold),
       stroke: "#f85149", "stroke-dasharray": "6 4", "stroke-width": 2,
     }));
-    svg.appendChild(svgEl("text", { x: W - R + 4, y: y(opts.threshold) + 3, style: "fill:#f85149" }, `${opts.threshold} %`));
+    const label = opts.thresholdUnit === undefined ? `${opts.threshold} %` : `${opts.threshold}${opts.thresholdUnit}`;
+    svg.appendChild(svgEl("text", { x: W - R + 4, y: y(opts.threshold) + 3, style: "fill:#f85149" }, label));
   }
   let legendY = T + 8;
   for (const [name, pts] of series) {
@@ -145,6 +146,54 @@ function render(s) {
     late.get("dead letters").push([r.minute, r.dead_letters]);
   }
   lineChart($("chart-late"), late, [], { colors: { "late events": "#d29922", "dead letters": "#f85149" } });
+  renderSupply(s);
+}
+
+// A city is under pressure when its riders outnumber its available drivers by more than the
+// threshold, or when riders wait and no driver is available at all (pressure is null then).
+function underPressure(row, threshold) {
+  if (row.pressure === null || row.pressure === undefined) return row.available_drivers === 0 && row.waiting_riders > 0;
+  return row.pressure > threshold;
+}
+
+// SPEC §5: where riders wait now (the server orders the cities, under pressure first), and
+// available drivers, waiting riders and pressure per city over time.
+function renderSupply(s) {
+  const threshold = s.pressure_threshold;
+  $("pressure-threshold").textContent = threshold;
+  const body = $("supply").querySelector("tbody");
+  body.replaceChildren();
+  if (!s.supply_now.length) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 8;
+    td.textContent = "no supply rows yet (city_supply has nothing in the last 15 minutes)";
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+  for (const r of s.supply_now) {
+    const tr = document.createElement("tr");
+    tr.dataset.city = r.city;
+    if (underPressure(r, threshold)) tr.className = "over-threshold";
+    const cells = [
+      ["city", r.city], ["minute", String(r.minute).slice(11, 16)],
+      ["waiting_riders", fmt(r.waiting_riders, 0)], ["available_drivers", fmt(r.available_drivers, 0)],
+      ["on_trip_drivers", fmt(r.on_trip_drivers, 0)], ["rides_in_progress", fmt(r.rides_in_progress, 0)],
+      ["requests", fmt(r.requests, 0)], ["pressure", fmt(r.pressure, 2)],
+    ];
+    for (const [col, text] of cells) {
+      const td = document.createElement("td");
+      td.dataset.col = col;
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+  const cities = [...new Set(s.supply.map((r) => r.city))].sort();
+  lineChart($("chart-available"), seriesOf(s.supply, "minute", (r) => r.available_drivers), cities);
+  lineChart($("chart-waiting"), seriesOf(s.supply, "minute", (r) => r.waiting_riders), cities);
+  lineChart($("chart-pressure"), seriesOf(s.supply, "minute", (r) => r.pressure), cities,
+    { threshold, thresholdUnit: "" });
 }
 
 async function poll() {
