@@ -462,7 +462,10 @@ impl Config {
         // A day at most: each record stays in the supply state this long, and a restart
         // re-reads this far back.
         for (key, minutes) in [
-            ("supply.stale_after_minutes", self.supply.stale_after_minutes),
+            (
+                "supply.stale_after_minutes",
+                self.supply.stale_after_minutes,
+            ),
             (
                 "supply.request_timeout_minutes",
                 self.supply.request_timeout_minutes,

@@ -1,6 +1,6 @@
-//! Which `ride-events` partition a key goes to: librdkafka's own murmur2 partitioner, the one
-//! our producers use (`partitioner=murmur2_random`, Java-client compatible). The file source
-//! uses it so that a file read directly meets the same per-partition order, and so the same
+//! Which partition of `ride-events` or `driver-locations` a key goes to: librdkafka's own
+//! murmur2 partitioner, the one our producers use (`partitioner=murmur2_random`,
+//! Java-client compatible). The file source uses it so that a file read directly meets the same per-partition order, and so the same
 //! lateness verdicts and rows, as the same file replayed through Kafka.
 
 use std::borrow::Cow;
@@ -14,6 +14,17 @@ pub fn ride_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
         ride_id: Option<Cow<'a, str>>,
     }
     serde_json::from_slice::<Key>(line).ok()?.ride_id
+}
+
+/// The `driver_id` of a `driver-locations` line, if it is a JSON object with a string
+/// `driver_id`: the Kafka key it is produced under.
+pub fn driver_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        driver_id: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Key>(line).ok()?.driver_id
 }
 
 /// The partition of `key` among `partitions`; keyless messages (the producer spreads them
