@@ -68,4 +68,16 @@ mod tests {
         }
         assert_eq!(partition_for(None, 12, 25), 1);
     }
+
+    #[test]
+    fn keys_are_read_from_either_kind_of_line() {
+        let location = br#"{"driver_id":"driver-7","timestamp":"2026-11-23T10:00:00Z","city":"brno","lat":1,"lng":2,"status":"available"}"#;
+        assert_eq!(driver_id_key(location).as_deref(), Some("driver-7"));
+        assert_eq!(ride_id_key(location), None);
+        assert_eq!(driver_id_key(b"{not json"), None);
+        assert_eq!(
+            ride_id_key(br#"{"ride_id":"ride-1","driver_id":"driver-7"}"#).as_deref(),
+            Some("ride-1")
+        );
+    }
 }
