@@ -24,10 +24,40 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// Window, lateness and emission settings (SPEC §3).
     pub window: WindowConfig,
+    /// Live supply and demand (SPEC §5).
+    pub supply: SupplyConfig,
     /// How the job checkpoints.
     pub job: JobConfig,
     /// The cluster layout file and where submitted jobs keep their state.
     pub cluster: ClusterConfig,
+}
+
+/// `[supply]`: SPEC §5's freshness knobs, in whole minutes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupplyConfig {
+    /// A driver counts at a minute's end when its latest location is at most this many
+    /// minutes old (1: only drivers that reported during the minute).
+    pub stale_after_minutes: u64,
+    /// A ride counts at a minute's end when its latest event is at most this many minutes
+    /// old, so abandoned requests stop counting as waiting riders.
+    pub request_timeout_minutes: u64,
+}
+
+impl Default for SupplyConfig {
+    fn default() -> Self {
+        SupplyConfig {
+            stale_after_minutes: 1,
+            request_timeout_minutes: 10,
+        }
+    }
+}
+
+impl SupplyConfig {
+    /// How many minutes back a supply row depends on: `max(stale, timeout)`.
+    pub fn horizon_minutes(&self) -> u64 {
+        self.stale_after_minutes.max(self.request_timeout_minutes)
+    }
 }
 
 /// `[job]`
@@ -124,8 +154,11 @@ pub struct TopicsConfig {
     pub driver_locations: String,
     /// Metric rows (6 partitions, key `city`).
     pub aggregated: String,
-    /// Dead letters: malformed ride events with headers naming where they came from.
+    /// Dead letters: malformed ride events and locations, with headers naming where they
+    /// came from.
     pub dead_letters: String,
+    /// Supply and demand rows (6 partitions, key `city`; SPEC §5).
+    pub city_supply: String,
 }
 
 impl Default for TopicsConfig {
@@ -135,6 +168,7 @@ impl Default for TopicsConfig {
             driver_locations: "driver-locations".into(),
             aggregated: "analytics-aggregated".into(),
             dead_letters: "ride-events-dlq".into(),
+            city_supply: "city-supply".into(),
         }
     }
 }
@@ -390,6 +424,7 @@ impl Config {
             ("topics.driver_locations", &self.topics.driver_locations),
             ("topics.aggregated", &self.topics.aggregated),
             ("topics.dead_letters", &self.topics.dead_letters),
+            ("topics.city_supply", &self.topics.city_supply),
         ] {
             let valid = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
             if name.is_empty() || name.len() > 249 || !name.chars().all(valid) {
@@ -423,6 +458,22 @@ impl Config {
         }
         if w.emit_interval_ms == 0 {
             return invalid("window.emit_interval_ms", "must be at least 1");
+        }
+        // A day at most: each record stays in the supply state this long, and a restart
+        // re-reads this far back.
+        for (key, minutes) in [
+            (
+                "supply.stale_after_minutes",
+                self.supply.stale_after_minutes,
+            ),
+            (
+                "supply.request_timeout_minutes",
+                self.supply.request_timeout_minutes,
+            ),
+        ] {
+            if !(1..=1440).contains(&minutes) {
+                return invalid(key, "must be a whole number of minutes from 1 to 1440");
+            }
         }
         if self.job.checkpoint_interval_ms == 0 {
             return invalid("job.checkpoint_interval_ms", "must be at least 1");
@@ -581,6 +632,12 @@ mod tests {
             ("clickhouse.database=a;drop", "clickhouse.database"),
             ("window.length_minutes=7", "window.length_minutes"),
             ("window.slide_minutes=0", "window.slide_minutes"),
+            ("supply.stale_after_minutes=0", "supply.stale_after_minutes"),
+            (
+                "supply.request_timeout_minutes=2000",
+                "supply.request_timeout_minutes",
+            ),
+            ("topics.city_supply=a b", "topics.city_supply"),
         ] {
             let overrides = if key == "window.length_minutes" {
                 vec![set, "window.slide_minutes=2"]

@@ -1,11 +1,13 @@
 //! The file source: `ridepulse run --from-file PATH...` reads JSON-lines files of the
-//! `ride-events` format through the same dataflow and sinks as the Kafka path, with
-//! `--until-end` semantics (every window final, then exit). For backfilling archived events,
-//! and for measuring the engine without a broker in the way.
+//! `ride-events` format, and `--locations-file PATH...` files of the `driver-locations`
+//! format, through the same dataflow and sinks as the Kafka path, with `--until-end`
+//! semantics (every window final, then exit). For backfilling archived events, and for
+//! measuring the engine without a broker in the way. One source per topic, generic over
+//! [`SourceRecord`] like the Kafka source.
 //!
 //! Arrival order is file order. Each line goes to the partition the Kafka producer would
-//! give it (librdkafka's murmur2 of its `ride_id`, see `kafka::partitioner`) and gets the
-//! next offset of that partition, so lateness is judged per partition exactly as when the
+//! give it (librdkafka's murmur2 of its `ride_id`, or `driver_id` for locations, among that
+//! topic's partitions; see `kafka::partitioner`) and gets the next offset of that partition, so lateness is judged per partition exactly as when the
 //! same file is replayed into a fresh `ride-events` topic and read back: the engine path and
 //! the Kafka path write the same `city_metrics` rows. Lines that are not valid events become
 //! dead letters (their position is the line's), as on the Kafka path. Every worker reads the
@@ -19,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dataflows::event::RideEvent;
 use dataflows::partitioned_source::EventStamper;
 use dataflows::watermark::WatermarkTracker;
 use timely::dataflow::operators::generic::operator::source;
@@ -27,8 +28,8 @@ use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
 use crate::clickhouse::writer::DeadLetter;
-use crate::kafka::partitioner::{partition_for, ride_id_key};
-use crate::kafka::source::{owns, Ingested, SourceShared};
+use crate::kafka::partitioner::partition_for;
+use crate::kafka::source::{owns, Ingested, SourceRecord, SourceShared};
 
 /// Lines handled per activation, so other operators get to run.
 const MAX_LINES_PER_ACTIVATION: usize = 4096;
@@ -40,8 +41,12 @@ const MAX_INFLIGHT_ROWS: usize = 60_000;
 pub struct FileSourceConfig {
     /// The files, read one after the other.
     pub files: Vec<PathBuf>,
-    /// Partitions to spread lines over (those of `ride-events`).
+    /// Partitions to spread lines over (those of the topic the lines stand for).
     pub partitions: i32,
+    /// That topic (named in dead letters).
+    pub topic: String,
+    /// This source's first slot on the shared marks board (see `kafka::source`).
+    pub board_offset: usize,
     /// SPEC §3's allowed lateness.
     pub allowed_lateness: Duration,
     /// Only events of these cities go downstream (`None`: all).
@@ -90,11 +95,11 @@ impl Reader {
 
 /// The source for this worker. Fails the job (panics the worker with the path in the
 /// message) only if a file cannot be read.
-pub fn file_source<'scope>(
+pub fn file_source<'scope, R: SourceRecord>(
     scope: Scope<'scope, u64>,
     config: &FileSourceConfig,
     shared: SourceShared,
-) -> StreamVec<'scope, u64, Ingested> {
+) -> StreamVec<'scope, u64, Ingested<R>> {
     let (worker, peers) = (scope.index(), scope.peers());
     let config = config.clone();
     source(scope, "FileSource", move |capability, info| {
@@ -136,7 +141,7 @@ pub fn file_source<'scope>(
                     Err(error) => panic!("the file source cannot read on: {error}"),
                 }
                 handled += 1;
-                let key = ride_id_key(&line);
+                let key = R::key_of(&line);
                 let partition = partition_for(
                     key.as_deref().map(str::as_bytes),
                     config.partitions,
@@ -147,11 +152,11 @@ pub fn file_source<'scope>(
                 if partition as usize % peers != worker {
                     continue;
                 }
-                match RideEvent::parse(&line) {
+                match R::parse(&line) {
                     Ok(event) => {
                         let (capability, sourced) =
                             stamper.stamp(partition as u32, offset as u64, event, now);
-                        if !owns(&config.cities, &sourced.event.city) {
+                        if !owns(&config.cities, sourced.event.city()) {
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
@@ -173,7 +178,8 @@ pub fn file_source<'scope>(
                                 key.as_deref().map(|k| k.as_bytes().to_vec()),
                                 line.clone(),
                                 &error,
-                            );
+                            )
+                            .from_topic(&config.topic);
                             let held = stamper.capability().expect("held while reading");
                             output.session(held).give(Ingested::Dead(dead));
                         }
@@ -185,7 +191,7 @@ pub fn file_source<'scope>(
                     stamper.tracker.finish(partition);
                 }
             }
-            if !stamper.advance_shared(now, &shared.board, worker) {
+            if !stamper.advance_shared(now, &shared.board, config.board_offset + worker) {
                 info!(worker, lines = reader.lines, "file source finished");
                 return;
             }

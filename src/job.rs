@@ -1,10 +1,24 @@
-//! `ridepulse run`: one process of the city-metrics job (one process with N worker threads,
-//! or process I of a cluster layout, see `cluster`).
+//! `ridepulse run`: one process of the job (one process with N worker threads, or process I
+//! of a cluster layout, see `cluster`).
 //!
-//! On every worker: Kafka source → city-metrics dataflow → sinks. The ingest sink writes
-//! raw events to `ride_events` and dead letters to the dead-letter topic; the metrics sink
-//! upserts rows into `city_metrics` and sends them to `analytics-aggregated`. A probe on
-//! both sinks is the durable frontier the source checkpoints behind (see `kafka::source`).
+//! On every worker: two sources, `ride-events` and `driver-locations` (Kafka, or files with
+//! `--from-file` / `--locations-file`) → the city-metrics dataflow (ride events only, SPEC
+//! §3) and the supply dataflow (both, SPEC §5) → sinks. The ingest sinks write raw events
+//! to `ride_events` and dead letters of both topics to the dead-letter topic; the metrics
+//! sink upserts rows into `city_metrics` and sends them to `analytics-aggregated`; the
+//! supply sink upserts rows into `city_supply` and sends them to `city-supply`. A probe on
+//! every sink is the durable frontier both sources checkpoint behind (see
+//! `kafka::source`), so a checkpoint never passes a metrics or supply row that is not
+//! durable. Both sources post to one marks board: the job's watermark is the minimum over
+//! the non-idle partitions of both topics.
+//!
+//! Restarts: each topic resumes from its own checkpoints, which reach back
+//! `max(window length, supply horizon)` minutes before the first unfinished minute (10 by
+//! default), so the supply state is rebuilt exactly; both dataflows get the largest
+//! `finalized_through` of either topic's checkpoints, so rows already final and durable are
+//! not emitted again. A final row that is emitted again after a restart (a minute between
+//! two checkpoints) is computed from the same records, so it is identical, version
+//! included, and collapses with the first in ReplacingMergeTree.
 //!
 //! Before the dataflow starts, the job checks the tables' columns (a wrong schema stops it
 //! here, naming table and column) and loads the group's checkpoints to resume from. While
@@ -21,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use dataflows::city_metrics::{build, WindowConfig};
+use dataflows::event::{DriverLocation, RideEvent};
+use dataflows::supply::SupplyConfig;
 use dataflows::watermark::MarksBoard;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -42,6 +58,7 @@ use crate::kafka::source::{
 use crate::kafka::topics;
 use crate::sinks::ingest::{ingest_sink, IngestProgress};
 use crate::sinks::metrics::metrics_sink;
+use crate::sinks::supply::supply_sink;
 
 /// How to run the job.
 #[derive(Clone, Debug)]
@@ -57,6 +74,9 @@ pub struct RunOptions {
     /// Read these JSON-lines files instead of `ride-events` (always to their end; see
     /// `file_source`).
     pub files: Vec<std::path::PathBuf>,
+    /// Read these JSON-lines files instead of `driver-locations` (with `files`, or alone:
+    /// either turns the job into a file run).
+    pub location_files: Vec<std::path::PathBuf>,
     /// Read up to the end offsets that exist at start, finalize every window, and exit.
     pub until_end: bool,
     /// Also print emitted rows as JSON lines.
@@ -107,6 +127,16 @@ pub struct RunSummary {
     pub rows: u64,
     /// Final rows among them.
     pub finals: u64,
+    /// Valid driver locations read.
+    pub locations: u64,
+    /// Late locations among them.
+    pub late_locations: u64,
+    /// Messages of `driver-locations` that were not valid locations.
+    pub invalid_locations: u64,
+    /// Supply rows written (updates and finals).
+    pub supply_rows: u64,
+    /// Final supply rows among them.
+    pub supply_finals: u64,
     /// Write attempts that failed and were retried.
     pub retries: u64,
     /// Wall time.
@@ -138,6 +168,7 @@ pub async fn load_resume(
             .into_iter()
             .map(|r| (r.kafka_partition, r))
             .collect(),
+        other_finalized: 0,
     })
 }
 
@@ -148,7 +179,13 @@ pub fn run<W: Write + Send + 'static>(
     out: W,
 ) -> anyhow::Result<RunSummary> {
     let partitions = topics::partition_count(&config.kafka.brokers, &config.topics.ride_events)?;
-    for topic in [&config.topics.aggregated, &config.topics.dead_letters] {
+    let location_partitions =
+        topics::partition_count(&config.kafka.brokers, &config.topics.driver_locations)?;
+    for topic in [
+        &config.topics.aggregated,
+        &config.topics.dead_letters,
+        &config.topics.city_supply,
+    ] {
         topics::partition_count(&config.kafka.brokers, topic)?;
     }
     let layout = clickhouse::block_on(schema::verify(&config.clickhouse)).map_err(|error| {
@@ -158,22 +195,36 @@ pub fn run<W: Write + Send + 'static>(
             JobFatal(error.to_string()).into()
         }
     })?;
-    let from_files = !options.files.is_empty();
+    let from_files = !options.files.is_empty() || !options.location_files.is_empty();
     if from_files && options.layout.processes.len() > 1 {
         bail!("--from-file runs in one process: use -w N for more worker threads");
     }
     for file in &options.files {
         std::fs::metadata(file).with_context(|| format!("--from-file {}", file.display()))?;
     }
-    let resume = if options.from_beginning || from_files {
-        Resume::default()
+    for file in &options.location_files {
+        std::fs::metadata(file).with_context(|| format!("--locations-file {}", file.display()))?;
+    }
+    let (mut resume, mut location_resume) = if options.from_beginning || from_files {
+        (Resume::default(), Resume::default())
     } else {
-        clickhouse::block_on(load_resume(
-            config,
-            &options.group_id,
-            &config.topics.ride_events,
-        ))?
+        (
+            clickhouse::block_on(load_resume(
+                config,
+                &options.group_id,
+                &config.topics.ride_events,
+            ))?,
+            clickhouse::block_on(load_resume(
+                config,
+                &options.group_id,
+                &config.topics.driver_locations,
+            ))?,
+        )
     };
+    // Every checkpoint records the job's durable frontier: the larger of the two topics'
+    // is durable for both dataflows.
+    resume.other_finalized = location_resume.own_finalized();
+    location_resume.other_finalized = resume.own_finalized();
     let writer = Arc::new(Writer::start(
         config,
         layout,
@@ -189,6 +240,11 @@ pub fn run<W: Write + Send + 'static>(
         max_future: Duration::from_secs(config.window.max_future_secs),
         until_end: options.until_end,
         window_length_minutes: config.window.length_minutes,
+        rebuild_minutes: config
+            .window
+            .length_minutes
+            .max(config.supply.horizon_minutes()),
+        board_offset: 0,
         checkpoint_interval: Duration::from_millis(config.job.checkpoint_interval_ms),
         max_drift: Duration::from_secs(config.job.max_drift_secs),
         cities: options.cities.clone(),
@@ -200,6 +256,21 @@ pub fn run<W: Write + Send + 'static>(
         emit_interval: Duration::from_millis(config.window.emit_interval_ms),
         finalized_through: resume.finalized_through(),
     };
+    let workers = options.layout.total_workers();
+    let location_source = SourceConfig {
+        topic: config.topics.driver_locations.clone(),
+        partitions: location_partitions,
+        // Its worker slots on the shared marks board follow the ride-events source's.
+        board_offset: workers,
+        ..source.clone()
+    };
+    let supply = SupplyConfig {
+        stale_after_minutes: config.supply.stale_after_minutes,
+        request_timeout_minutes: config.supply.request_timeout_minutes,
+        emit_interval: window.emit_interval,
+        finalized_through: window.finalized_through,
+        ..SupplyConfig::default()
+    };
     info!(
         process = options.process,
         processes = options.layout.processes.len(),
@@ -208,27 +279,45 @@ pub fn run<W: Write + Send + 'static>(
         topic = %source.topic,
         until_end = options.until_end,
         resumed_partitions = resume.partitions.len(),
+        resumed_location_partitions = location_resume.partitions.len(),
+        location_partitions,
         finalized_through = window.finalized_through,
         "starting job"
     );
     let shared = SourceShared {
         counters: Arc::new(SourceCounters::default()),
-        // The workers combine their partitions' marks into the job's watermark here.
-        board: Arc::new(MarksBoard::new(options.layout.total_workers())),
+        // The workers combine their partitions' marks into the job's watermark here: one
+        // slot per worker and topic, so the watermark covers both topics.
+        board: Arc::new(MarksBoard::new(2 * workers)),
         writer: writer.clone(),
         resume: Arc::new(resume),
         finals: Arc::new(Mutex::new(Vec::new())),
     };
+    let location_shared = SourceShared {
+        counters: Arc::new(SourceCounters::default()),
+        resume: Arc::new(location_resume),
+        ..shared.clone()
+    };
     let out = Arc::new(Mutex::new(out));
     let started = Instant::now();
     let (print, final_only) = (options.print, options.final_only);
-    let (worker_shared, worker_out) = (shared.clone(), out.clone());
+    let (worker_shared, worker_location_shared, worker_out) =
+        (shared.clone(), location_shared.clone(), out.clone());
     let files = FileSourceConfig {
         files: options.files.clone(),
         partitions,
+        topic: config.topics.ride_events.clone(),
+        board_offset: 0,
         allowed_lateness: source.allowed_lateness,
         cities: options.cities.clone(),
         dead_letters: options.dead_letters,
+    };
+    let location_files = FileSourceConfig {
+        files: options.location_files.clone(),
+        partitions: location_partitions,
+        topic: config.topics.driver_locations.clone(),
+        board_offset: workers,
+        ..files.clone()
     };
     let timely_config = options
         .layout
@@ -237,19 +326,43 @@ pub fn run<W: Write + Send + 'static>(
     // With several processes this waits until all of them are connected.
     let guards = timely::execute(timely_config, move |worker| {
         let shared = worker_shared.clone();
+        let location_shared = worker_location_shared.clone();
         let out = worker_out.clone();
         let writer = shared.writer.clone();
         let durable = ProbeHandle::<u64>::new();
         let progress = Rc::new(RefCell::new(IngestProgress::default()));
+        let location_progress = Rc::new(RefCell::new(IngestProgress::default()));
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let ingested = if from_files {
-                file_source(scope, &files, shared)
+            let (ingested, located) = if from_files {
+                (
+                    file_source::<RideEvent>(scope, &files, shared),
+                    file_source::<DriverLocation>(scope, &location_files, location_shared),
+                )
             } else {
-                kafka_source(scope, &source, shared, durable.clone(), progress.clone())
-                    .map_err(|e| e.to_string())?
+                (
+                    kafka_source::<RideEvent>(
+                        scope,
+                        &source,
+                        shared,
+                        durable.clone(),
+                        progress.clone(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                    kafka_source::<DriverLocation>(
+                        scope,
+                        &location_source,
+                        location_shared,
+                        durable.clone(),
+                        location_progress.clone(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                )
             };
             let events = ingested.clone().flat_map(Ingested::into_event);
-            let metrics = build(events, &window);
+            let locations = located.clone().flat_map(Ingested::into_event);
+            let metrics = build(events.clone(), &window);
+            // Late records are counted by the sources; the supply's late streams are unused.
+            let city_supply = dataflows::supply::build(events, locations, &supply);
             let rows = metrics.rows.inspect(move |row| {
                 if !print || (final_only && row.is_final == 0) {
                     return;
@@ -259,7 +372,9 @@ pub fn run<W: Write + Send + 'static>(
                 let _ = writeln!(out, "{line}");
             });
             ingest_sink(ingested, writer.clone(), progress).probe_with(&durable);
-            metrics_sink(rows, writer).probe_with(&durable);
+            ingest_sink(located, writer.clone(), location_progress).probe_with(&durable);
+            metrics_sink(rows, writer.clone()).probe_with(&durable);
+            supply_sink(city_supply.rows, writer).probe_with(&durable);
             Ok(())
         })
     })
@@ -322,6 +437,7 @@ pub fn run<W: Write + Send + 'static>(
     }
     out.lock().expect("not poisoned").flush()?;
     let counters = &shared.counters;
+    let location_counters = &location_shared.counters;
     let stats = writer.stats();
     Ok(RunSummary {
         events: counters.events.load(Ordering::Relaxed),
@@ -336,6 +452,11 @@ pub fn run<W: Write + Send + 'static>(
         dead_letters: stats.dead_letters.load(Ordering::Relaxed),
         rows: stats.metrics.load(Ordering::Relaxed),
         finals: stats.finals.load(Ordering::Relaxed),
+        locations: location_counters.events.load(Ordering::Relaxed),
+        late_locations: location_counters.late.load(Ordering::Relaxed),
+        invalid_locations: location_counters.invalid.load(Ordering::Relaxed),
+        supply_rows: stats.supply.load(Ordering::Relaxed),
+        supply_finals: stats.supply_finals.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })

@@ -165,6 +165,10 @@ struct RunArgs {
     /// order; always to their end, like --until-end).
     #[arg(long = "from-file", value_name = "PATH")]
     from_file: Vec<PathBuf>,
+    /// Read JSON-lines files of the driver-locations format instead of Kafka (repeatable;
+    /// with --from-file or alone, like it a file run to the end).
+    #[arg(long = "locations-file", value_name = "PATH")]
+    locations_file: Vec<PathBuf>,
     /// Read up to the end offsets that exist at start, emit every window's final row, exit 0.
     #[arg(long)]
     until_end: bool,
@@ -363,9 +367,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cities: ridepulse::jobs::parse_cities(&args.cities)?,
                 dead_letters: !args.no_dead_letters,
                 files: args.from_file.clone(),
+                location_files: args.locations_file.clone(),
                 process: args.process,
                 layout,
-                until_end: args.until_end || !args.from_file.is_empty(),
+                until_end: args.until_end
+                    || !args.from_file.is_empty()
+                    || !args.locations_file.is_empty(),
                 print: args.print,
                 final_only: args.final_only,
                 group_id: args.group,
@@ -374,7 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // stdout is line-buffered: a live run's rows show as they are emitted.
             let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
             eprintln!(
-                "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0}",
+                "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={}",
                 summary.events,
                 summary.late,
                 summary.invalid,
@@ -389,7 +396,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.finals,
                 summary.retries,
                 summary.elapsed.as_secs_f64(),
-                summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9)
+                summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+                summary.locations,
+                summary.late_locations,
+                summary.invalid_locations,
+                summary.supply_rows,
+                summary.supply_finals
             );
         }
         Command::Consume(args) => {

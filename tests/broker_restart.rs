@@ -39,7 +39,7 @@ fn topics_and_messages_survive_a_broker_restart() {
     let again = ns.run(&["topics", "create"]);
     assert_eq!(
         again.lines().filter(|l| l.starts_with("exists")).count(),
-        4,
+        5,
         "{again}"
     );
     let after = read_all(&ns.config.kafka.brokers, &ns.config.topics.ride_events).unwrap();

@@ -257,7 +257,8 @@ fn jobs_per_city_set_add_up_to_one_all_cities_job_and_may_not_overlap() {
     let deadline = Instant::now() + Duration::from_secs(180);
     for group in ["ridepulse-job-west", "ridepulse-job-east"] {
         let caught_up = format!(
-            "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL WHERE consumer_group = '{group}'"
+            "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL WHERE consumer_group = '{group}' AND topic = '{}'",
+            all.config.topics.ride_events
         );
         while jobs.scalar(&caught_up) == 0 {
             assert!(Instant::now() < deadline, "{group} did not catch up");
@@ -398,7 +399,8 @@ fn a_supervised_job_killed_three_times_ends_as_a_clean_run() {
         send_signal(pids[victim].as_u64().unwrap() as u32, "KILL");
         let written = crashed.scalar("SELECT count() FROM ride_events");
         let closed = crashed.scalar(&format!(
-            "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL"
+            "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL WHERE topic = '{}'",
+            crashed.config.topics.ride_events
         )) == 1;
         eprintln!("round {round}: SIGKILL process {victim} (pid {}) with {written} of {valid} events written, all windows closed: {closed}", pids[victim]);
         at_kills.push((written, closed));
@@ -426,7 +428,8 @@ fn a_supervised_job_killed_three_times_ends_as_a_clean_run() {
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     let caught_up = format!(
-        "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL"
+        "SELECT count() = 12 AND min(finalized_through) >= {through} FROM checkpoints FINAL WHERE topic = '{}'",
+        crashed.config.topics.ride_events
     );
     while crashed.scalar("SELECT count() FROM ride_events FINAL") < valid
         || crashed.scalar(&caught_up) == 0

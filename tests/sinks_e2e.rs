@@ -379,7 +379,12 @@ fn a_live_job_restarted_from_its_checkpoints_rebuilds_its_open_windows() {
         .count() as u64;
 
     let database = format!("{}_restarted", clean.config.clickhouse.database);
-    let restarted = clean.with("clickhouse.database", &database);
+    // A restart re-reads max(window length, supply horizon) minutes before the first open
+    // one; with a 5-minute request timeout that is the window's 5 minutes, so the 9
+    // minutes read live leave checkpoints past the start of every partition.
+    let restarted = clean
+        .with("clickhouse.database", &database)
+        .with("supply.request_timeout_minutes", "5");
     restarted.migrate();
     let mut live = restarted
         .command(&[
@@ -396,8 +401,9 @@ fn a_live_job_restarted_from_its_checkpoints_rebuilds_its_open_windows() {
         .spawn()
         .unwrap();
     let ready = format!(
-        "SELECT count() = 12 AND min(next_offset) > 0 AND min(finalized_through) >= {} FROM checkpoints FINAL",
-        (split_ms - 30_000) / 60_000
+        "SELECT count() = 12 AND min(next_offset) > 0 AND min(finalized_through) >= {} FROM checkpoints FINAL WHERE topic = '{}'",
+        (split_ms - 30_000) / 60_000,
+        restarted.config.topics.ride_events
     );
     let deadline = Instant::now() + Duration::from_secs(180);
     while restarted.scalar("SELECT count() FROM ride_events") < first_valid

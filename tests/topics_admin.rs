@@ -16,7 +16,7 @@ fn create_twice_is_a_no_op_and_list_shows_the_layout() {
     let again = ns.run(&["topics", "create"]);
     assert_eq!(
         again.lines().filter(|l| l.starts_with("exists")).count(),
-        4,
+        5,
         "{again}"
     );
     let list = ns.run(&["topics", "list"]);
@@ -25,6 +25,7 @@ fn create_twice_is_a_no_op_and_list_shows_the_layout() {
         (&ns.config.topics.driver_locations, 24),
         (&ns.config.topics.aggregated, 6),
         (&ns.config.topics.dead_letters, 3),
+        (&ns.config.topics.city_supply, 6),
     ] {
         let line = list
             .lines()

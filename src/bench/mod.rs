@@ -202,6 +202,7 @@ impl Bench {
         c.topics.driver_locations = format!("{prefix}-driver-locations");
         c.topics.aggregated = format!("{prefix}-aggregated");
         c.topics.dead_letters = format!("{prefix}-dlq");
+        c.topics.city_supply = format!("{prefix}-city-supply");
         c.clickhouse.database = database.to_string();
         c
     }

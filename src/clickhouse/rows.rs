@@ -7,6 +7,7 @@
 use clickhouse::Row;
 use dataflows::metrics_row::CityMetricsRow;
 use dataflows::partitioned_source::SourcedEvent;
+use dataflows::supply_row::CitySupplyRow;
 use serde::{Serialize, Serializer};
 
 /// A point in time (ms since the epoch) for a `DateTime64(3)` column (Int64 milliseconds)
@@ -76,6 +77,55 @@ impl MetricsRecord {
             cancellations: row.cancellations,
             avg_fare: row.avg_fare,
             unique_riders: row.unique_riders,
+            is_final: row.is_final,
+            version: row.version,
+            updated_at: Moment {
+                ms: row.updated_at.millis(),
+                precise,
+            },
+        }
+    }
+}
+
+/// A row of `city_supply` (SPEC §5).
+#[derive(Clone, Debug, Row, Serialize)]
+pub struct SupplyRecord {
+    /// `minute` (DateTime).
+    pub minute: u32,
+    /// `city`.
+    pub city: String,
+    /// `available_drivers`.
+    pub available_drivers: u64,
+    /// `on_trip_drivers`.
+    pub on_trip_drivers: u64,
+    /// `waiting_riders`.
+    pub waiting_riders: u64,
+    /// `rides_in_progress`.
+    pub rides_in_progress: u64,
+    /// `requests`.
+    pub requests: u64,
+    /// `pressure`.
+    pub pressure: Option<f64>,
+    /// `is_final`.
+    pub is_final: u8,
+    /// `version`.
+    pub version: u64,
+    /// `updated_at`.
+    pub updated_at: Moment,
+}
+
+impl SupplyRecord {
+    /// The record of a supply row, for a table whose `updated_at` is `DateTime64` or not.
+    pub fn new(row: &CitySupplyRow, precise: bool) -> SupplyRecord {
+        SupplyRecord {
+            minute: seconds(row.minute.millis()),
+            city: row.city.clone(),
+            available_drivers: row.available_drivers,
+            on_trip_drivers: row.on_trip_drivers,
+            waiting_riders: row.waiting_riders,
+            rides_in_progress: row.rides_in_progress,
+            requests: row.requests,
+            pressure: row.pressure,
             is_final: row.is_final,
             version: row.version,
             updated_at: Moment {

@@ -2,8 +2,9 @@
 //!
 //! Sink operators hand [`Batch`]es to the [`Writer`] and get a [`Ticket`] back; the writer
 //! thread performs each batch in order — raw events into `ride_events`, dead-letter rows into
-//! `dead_letters` and metric rows into `city_metrics` and to `analytics-aggregated`, while the
-//! batch's dead letters go to the dead-letter topic on a thread of their own; then
+//! `dead_letters`, metric rows into `city_metrics` and to `analytics-aggregated`, supply rows
+//! into `city_supply` and to `city-supply`, while the batch's dead letters go to the
+//! dead-letter topic on a thread of their own; then
 //! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
@@ -31,11 +32,12 @@ use std::time::Duration;
 
 use dataflows::metrics_row::CityMetricsRow;
 use dataflows::partitioned_source::SourcedEvent;
+use dataflows::supply_row::CitySupplyRow;
 use rdkafka::message::{Header, OwnedHeaders};
 use timely::scheduling::SyncActivator;
 use tracing::{error, info, warn};
 
-use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord};
+use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord, SupplyRecord};
 use super::schema::Layout;
 use super::{ClickHouseError, Severity, INSERT_TIMEOUT};
 use crate::config::Config;
@@ -66,6 +68,8 @@ pub struct DeadLetter {
     /// The short code it is counted by ([`EventError::reason`] or
     /// [`REJECTED_BY_CLICKHOUSE`]).
     pub reason: String,
+    /// The topic it was read from (`None`: the ride-events topic).
+    pub source_topic: Option<String>,
 }
 
 impl DeadLetter {
@@ -84,7 +88,21 @@ impl DeadLetter {
             payload,
             error: error.to_string(),
             reason: error.reason().to_string(),
+            source_topic: None,
         }
+    }
+
+    /// The same, read from `topic`.
+    pub fn from_topic(self, topic: &str) -> DeadLetter {
+        DeadLetter {
+            source_topic: Some(topic.to_string()),
+            ..self
+        }
+    }
+
+    /// The topic it was read from, `ride_events` when it does not say.
+    fn topic<'a>(&'a self, ride_events: &'a str) -> &'a str {
+        self.source_topic.as_deref().unwrap_or(ride_events)
     }
 }
 
@@ -97,6 +115,8 @@ pub struct Batch {
     pub dead: Vec<DeadLetter>,
     /// Metric rows for `city_metrics` and `analytics-aggregated`.
     pub metrics: Vec<CityMetricsRow>,
+    /// Supply rows for `city_supply` and `city-supply`.
+    pub supply: Vec<CitySupplyRow>,
     /// Checkpoints, written after everything before them.
     pub checkpoints: Vec<CheckpointRecord>,
 }
@@ -104,7 +124,11 @@ pub struct Batch {
 impl Batch {
     /// Rows in the batch (for backpressure).
     pub fn len(&self) -> usize {
-        self.events.len() + self.dead.len() + self.metrics.len() + self.checkpoints.len()
+        self.events.len()
+            + self.dead.len()
+            + self.metrics.len()
+            + self.supply.len()
+            + self.checkpoints.len()
     }
 
     /// Whether the batch holds nothing.
@@ -135,6 +159,10 @@ pub struct WriterStats {
     pub metrics: AtomicU64,
     /// Final rows among them.
     pub finals: AtomicU64,
+    /// Rows written to `city_supply` (and delivered to `city-supply`).
+    pub supply: AtomicU64,
+    /// Final rows among them.
+    pub supply_finals: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
     /// Failed attempts that were retried (a Kafka message sent again counts once).
@@ -170,6 +198,7 @@ struct Destinations {
     database: String,
     layout: Layout,
     aggregated: CountingProducer,
+    city_supply: CountingProducer,
     dead_letters: CountingProducer,
     source_topic: String,
 }
@@ -187,6 +216,11 @@ impl Writer {
                 &config.kafka,
                 &config.topics.aggregated,
                 &format!("{client_id}-aggregated"),
+            )?,
+            city_supply: CountingProducer::new(
+                &config.kafka,
+                &config.topics.city_supply,
+                &format!("{client_id}-supply"),
             )?,
             dead_letters: CountingProducer::new(
                 &config.kafka,
@@ -355,6 +389,7 @@ async fn write_tables(
                 payload: sourced.event.to_json().into_bytes(),
                 error: format!("ClickHouse refused the row: {error}"),
                 reason: REJECTED_BY_CLICKHOUSE.to_string(),
+                source_topic: None,
             }
         }));
     }
@@ -400,6 +435,47 @@ async fn write_tables(
             .fetch_add(batch.metrics.len() as u64, Ordering::Relaxed);
         stats.finals.fetch_add(finals as u64, Ordering::Relaxed);
     }
+    if !batch.supply.is_empty() {
+        let records: Vec<SupplyRecord> = batch
+            .supply
+            .iter()
+            .map(|row| SupplyRecord::new(row, d.layout.supply_ms))
+            .collect();
+        let rejected = insert_isolating(d, stats, "city_supply", &records).await?;
+        for (index, error) in &rejected {
+            let row = &batch.supply[*index];
+            error!(city = %row.city, minute = %row.minute, %error, "ClickHouse refused a supply row");
+        }
+        stats
+            .rejected_rows
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        let json: Vec<Vec<u8>> = batch
+            .supply
+            .iter()
+            .map(|row| serde_json::to_vec(row).expect("rows serialize"))
+            .collect();
+        let messages: Vec<Outgoing<'_>> = batch
+            .supply
+            .iter()
+            .zip(&json)
+            .map(|(row, bytes)| Outgoing {
+                key: Some(row.city.as_bytes()),
+                payload: bytes,
+                headers: None,
+            })
+            .collect();
+        for (index, error) in deliver(stats, &d.city_supply, &messages)? {
+            let row = &batch.supply[index];
+            error!(city = %row.city, minute = %row.minute, %error, "city-supply refused a row");
+        }
+        let finals = batch.supply.iter().filter(|r| r.is_final == 1).count();
+        stats
+            .supply
+            .fetch_add(batch.supply.len() as u64, Ordering::Relaxed);
+        stats
+            .supply_finals
+            .fetch_add(finals as u64, Ordering::Relaxed);
+    }
     Ok(dead)
 }
 
@@ -420,7 +496,7 @@ fn deliver_dead_letters(
             payload: &dead.payload,
             headers: Some(
                 OwnedHeaders::new_with_capacity(5)
-                    .insert(header("source_topic", &d.source_topic))
+                    .insert(header("source_topic", dead.topic(&d.source_topic)))
                     .insert(header("source_partition", &source_partitions[i]))
                     .insert(header("source_offset", &source_offsets[i]))
                     .insert(header("error", &dead.error))
@@ -443,7 +519,7 @@ fn dead_letter_records(
 ) -> Vec<DeadLetterRecord> {
     dead.iter()
         .map(|dead| DeadLetterRecord {
-            source_topic: d.source_topic.clone(),
+            source_topic: dead.topic(&d.source_topic).to_string(),
             kafka_partition: dead.partition,
             kafka_offset: dead.offset,
             error: dead.error.clone(),

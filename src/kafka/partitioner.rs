@@ -78,5 +78,9 @@ mod tests {
         assert_eq!(driver_id_key(br#"{"ride_id":"r"}"#), None);
         assert_eq!(driver_id_key(b"not json"), None);
         assert_eq!(driver_id_key(br#"{"driver_id":7}"#), None);
+        assert_eq!(
+            ride_id_key(br#"{"ride_id":"ride-1","driver_id":"driver-7"}"#).as_deref(),
+            Some("ride-1")
+        );
     }
 }

@@ -1,4 +1,14 @@
-//! The Kafka source operator: `ride-events` partitions drive timely's frontier.
+//! The Kafka source operator: the partitions of an input topic drive timely's frontier.
+//!
+//! One operator per input topic and worker: `ride-events` ([`RideEvent`]) and
+//! `driver-locations` ([`DriverLocation`]) are read by the same code, generic over
+//! [`SourceRecord`] (how a message is parsed, its city, whether it is stored raw). Each
+//! topic has its own partitions, lateness clocks, checkpoints (per group, topic and
+//! partition) and dead letters (headers name the topic); both post their marks to one
+//! [`MarksBoard`], so the job's watermark is the minimum over the non-idle partitions of
+//! *both* topics (SPEC §5: a supply row is final once both watermarks pass its minute; a
+//! topic whose partitions are all idle or empty holds nothing back, as an idle partition
+//! does in SPEC §3).
 //!
 //! Every worker owns a fixed set of partitions (partition `p` goes to worker
 //! `p % peers`: explicit assignment, its own consumer, no group rebalancing, no auto-commit),
@@ -15,8 +25,12 @@
 //!
 //! **Checkpoints.** Output is durable only behind the sinks' durable frontier `F` (a probe
 //! on the sinks, see `sinks`): every window ending at or before minute `F` has its final
-//! row written. Windows still open need every event of minute `F + 1 - length` or later,
-//! so per partition the source remembers the first offset of each such minute and the
+//! row written, and every supply row of a minute before `F`. Windows still open need every
+//! event of minute `F + 1 - length` or later, and the supply row of minute `F` (the first
+//! not yet final) needs every record of minute `F + 1 - H` or later (`H` = the supply
+//! horizon, `max(stale_after, request_timeout)`, 10 by default; see `dataflows::supply`).
+//! So the source rebuilds from minute `F + 1 - R`, `R = max(length, H)`
+//! ([`SourceConfig::rebuild_minutes`]), for both topics: per partition the source remembers the first offset of each such minute and the
 //! partition's clock just before it. About once a second it writes, through the writer, a
 //! checkpoint per partition: resume offset (the earliest of those), that clock (so
 //! lateness is judged exactly as before), the offset below which raw events and dead
@@ -35,8 +49,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataflows::event::{check_not_ahead, EventError, RideEvent};
-use dataflows::partitioned_source::{minute_of, EventStamper, SourcedEvent};
+use std::borrow::Cow;
+
+use dataflows::event::{check_not_ahead, DriverLocation, EventError, RideEvent};
+use dataflows::partitioned_source::{minute_of, EventStamper, EventTime, Sourced};
 use dataflows::watermark::{LocalMarks, MarksBoard, MarksPost, WatermarkTracker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
@@ -64,12 +80,60 @@ const QUIET_POLL: Duration = Duration::from_millis(10);
 /// Rows waiting for the writer (per process) above which sources stop reading.
 const MAX_INFLIGHT_ROWS: usize = 60_000;
 
+/// A kind of input record: ride events or driver locations.
+pub trait SourceRecord:
+    EventTime + Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static
+{
+    /// Whether valid records are written raw to ClickHouse (`ride_events`); locations are
+    /// not (no table keeps them), so only their dead letters reach the ingest sink.
+    const STORED: bool;
+    /// Parses and validates a message value (SPEC §2).
+    fn parse(bytes: &[u8]) -> Result<Self, EventError>;
+    /// Its city (what a job's city set filters on).
+    fn city(&self) -> &str;
+    /// The Kafka key of a raw line (`ride_id`, `driver_id`), if it has one: which partition
+    /// the producer gives it.
+    fn key_of(line: &[u8]) -> Option<Cow<'_, str>>;
+    /// Adds a valid record to a writer batch (a no-op unless [`SourceRecord::STORED`]).
+    fn store(sourced: Sourced<Self>, batch: &mut Batch);
+}
+
+impl SourceRecord for RideEvent {
+    const STORED: bool = true;
+    fn parse(bytes: &[u8]) -> Result<Self, EventError> {
+        RideEvent::parse(bytes)
+    }
+    fn city(&self) -> &str {
+        &self.city
+    }
+    fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
+        crate::kafka::partitioner::ride_id_key(line)
+    }
+    fn store(sourced: Sourced<Self>, batch: &mut Batch) {
+        batch.events.push(sourced);
+    }
+}
+
+impl SourceRecord for DriverLocation {
+    const STORED: bool = false;
+    fn parse(bytes: &[u8]) -> Result<Self, EventError> {
+        DriverLocation::parse(bytes)
+    }
+    fn city(&self) -> &str {
+        &self.city
+    }
+    fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
+        crate::kafka::partitioner::driver_id_key(line)
+    }
+    fn store(_sourced: Sourced<Self>, _batch: &mut Batch) {}
+}
+
 /// Where and how the source reads.
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// The ride-events topic.
+    /// The topic (`ride-events` or `driver-locations`).
     pub topic: String,
     /// Partition count of the topic (looked up once before the dataflow starts).
     pub partitions: i32,
@@ -84,8 +148,15 @@ pub struct SourceConfig {
     pub max_future: Duration,
     /// Stop at the end offsets that exist at start.
     pub until_end: bool,
-    /// Window length in minutes (how far back open windows reach).
+    /// Window length in minutes (the final checkpoints of an `until_end` run say every
+    /// window through the last event's minute plus this is final).
     pub window_length_minutes: u64,
+    /// How many minutes back from the first unfinished minute a restart must re-read:
+    /// `max(window length, supply horizon)` (see the module doc).
+    pub rebuild_minutes: u64,
+    /// This source's first slot on the shared [`MarksBoard`] (worker `w` posts as
+    /// `board_offset + w`): 0 for ride events, the total worker count for locations.
+    pub board_offset: usize,
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
     /// Watermark alignment: how far a partition's mark may run ahead of the job's watermark
@@ -106,16 +177,27 @@ pub fn owns(cities: &Option<std::collections::BTreeSet<String>>, city: &str) -> 
     cities.as_ref().is_none_or(|c| c.contains(city))
 }
 
-/// Where a job resumes: the newest checkpoint of each partition (none for a fresh start).
+/// Where a job resumes reading one topic: the newest checkpoint of each partition (none
+/// for a fresh start).
 #[derive(Clone, Debug, Default)]
 pub struct Resume {
     /// Checkpoints by partition.
     pub partitions: BTreeMap<u32, CheckpointRecord>,
+    /// The `finalized_through` of the job's other input topic's checkpoints: every
+    /// checkpoint records the job's durable frontier, so the largest over both topics is
+    /// durable (0: none).
+    pub other_finalized: u64,
 }
 
 impl Resume {
-    /// Windows ending at or before this minute were final and durable before the restart.
+    /// Windows ending at or before this minute (and supply rows of minutes before it) were
+    /// final and durable before the restart.
     pub fn finalized_through(&self) -> u64 {
+        self.own_finalized().max(self.other_finalized)
+    }
+
+    /// The largest `finalized_through` of this topic's own checkpoints.
+    pub fn own_finalized(&self) -> u64 {
         self.partitions
             .values()
             .map(|c| c.finalized_through)
@@ -130,18 +212,19 @@ impl Resume {
 }
 
 /// What the source emits: every message of its partitions, in offset order per partition.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Ingested {
-    /// A valid event, to be counted in windows and written to `ride_events`.
-    Event(SourcedEvent),
-    /// A valid event re-read after a restart that is already in `ride_events`: it only
-    /// rebuilds windows.
-    Replayed(SourcedEvent),
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ingested<R = RideEvent> {
+    /// A valid record, to be counted in windows (and, for ride events, written to
+    /// `ride_events`).
+    Event(Sourced<R>),
+    /// A valid record re-read after a restart that is already written: it only rebuilds
+    /// windows and supply state.
+    Replayed(Sourced<R>),
     /// A message that is not a valid event, for the dead-letter topic.
     Dead(DeadLetter),
 }
 
-impl Ingested {
+impl<R> Ingested<R> {
     /// Its partition and offset.
     pub fn position(&self) -> (u32, u64) {
         match self {
@@ -150,8 +233,8 @@ impl Ingested {
         }
     }
 
-    /// The event, for the windows.
-    pub fn into_event(self) -> Option<SourcedEvent> {
+    /// The record, for the windows and the supply state.
+    pub fn into_event(self) -> Option<Sourced<R>> {
         match self {
             Ingested::Event(e) | Ingested::Replayed(e) => Some(e),
             Ingested::Dead(_) => None,
@@ -278,13 +361,13 @@ impl OwnedPartition {
 /// The source for this worker. Fails only if the consumer cannot be created or assigned.
 /// `durable` is the probe on the sinks; `progress` is the ingest sink's per-partition
 /// durable offsets (same worker).
-pub fn kafka_source<'scope>(
+pub fn kafka_source<'scope, R: SourceRecord>(
     scope: Scope<'scope, u64>,
     config: &SourceConfig,
     shared: SourceShared,
     durable: ProbeHandle<u64>,
     progress: Rc<RefCell<IngestProgress>>,
-) -> Result<StreamVec<'scope, u64, Ingested>, KafkaError> {
+) -> Result<StreamVec<'scope, u64, Ingested<R>>, KafkaError> {
     let (worker, peers) = (scope.index(), scope.peers());
     let mine: Vec<i32> = (0..config.partitions)
         .filter(|p| *p as usize % peers == worker)
@@ -330,13 +413,15 @@ pub fn kafka_source<'scope>(
     info!(worker, partitions = ?mine, topic = %config.topic, resumed = !shared.resume.partitions.is_empty(), "source assigned");
     let config = config.clone();
     let length = config.window_length_minutes;
+    let rebuild_minutes = config.rebuild_minutes;
+    let slot_on_board = config.board_offset + worker;
     let board = shared.board.clone();
     let mut builder = OperatorBuilder::new("KafkaSource".to_owned(), scope);
     let info = builder.operator_info();
-    let (data_output, stream) = builder.new_output::<Vec<Ingested>>();
+    let (data_output, stream) = builder.new_output::<Vec<Ingested<R>>>();
     let (marks_output, marks_stream) = builder.new_output::<Vec<MarksPost>>();
     let mut data_output =
-        OutputBuilder::<_, CapacityContainerBuilder<Vec<Ingested>>>::from(data_output);
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<Ingested<R>>>>::from(data_output);
     let mut marks_output =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<MarksPost>>>::from(marks_output);
     builder.build(move |mut capabilities| {
@@ -350,7 +435,7 @@ pub fn kafka_source<'scope>(
         let resume = shared.resume.clone();
         let floor = resume.finalized_through();
         // Minutes before the first open window are final already: events there are late.
-        capability.downgrade(&resume.first_open_minute(length));
+        capability.downgrade(&resume.first_open_minute(rebuild_minutes));
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, config.idle_timeout);
         for slot in &owned {
             let partition = slot.partition as u32;
@@ -404,8 +489,9 @@ pub fn kafka_source<'scope>(
                 // Whether the message goes to the ingest sink (which reports it durable).
                 let mut handed = rewrite;
                 let payload = message.payload().unwrap_or_default();
-                let parsed = RideEvent::parse(payload).and_then(|event| {
-                    check_not_ahead(event.timestamp, message.timestamp().to_millis(), max_future_ms)?;
+                let parsed = R::parse(payload).and_then(|event| {
+                    let at = dataflows::event::Timestamp(event.event_ms());
+                    check_not_ahead(at, message.timestamp().to_millis(), max_future_ms)?;
                     Ok(event)
                 });
                 match parsed {
@@ -413,11 +499,14 @@ pub fn kafka_source<'scope>(
                         let before = stamper.tracker.max_ms(partition as u32);
                         let (capability, sourced) = stamper.stamp(partition as u32, offset as u64, event, now);
                         if !sourced.late {
-                            let minute = minute_of(sourced.event.timestamp.millis());
+                            let minute = minute_of(sourced.event.event_ms());
                             slot.rebuild.entry(minute).or_insert((offset, before));
-                            slot.first_ms.get_or_insert(sourced.event.timestamp.millis());
+                            slot.first_ms.get_or_insert(sourced.event.event_ms());
                         }
-                        if owns(&config.cities, &sourced.event.city) {
+                        // Records that are not written raw are never handed: only their
+                        // dead letters move the partition's written-to offset.
+                        handed &= R::STORED;
+                        if owns(&config.cities, sourced.event.city()) {
                             counters.events.fetch_add(1, Ordering::Relaxed);
                             if sourced.late {
                                 counters.late.fetch_add(1, Ordering::Relaxed);
@@ -448,7 +537,8 @@ pub fn kafka_source<'scope>(
                                 message.key().map(<[u8]>::to_vec),
                                 payload.to_vec(),
                                 &error,
-                            );
+                            )
+                            .from_topic(&config.topic);
                             let held = stamper.capability().expect("held while reading");
                             output.session(held).give(Ingested::Dead(dead));
                         }
@@ -503,7 +593,7 @@ pub fn kafka_source<'scope>(
                 last_checkpoint = Instant::now();
                 let frontier = durable.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
                 let finalized = frontier.max(floor);
-                let first_open = finalized.saturating_add(1).saturating_sub(length);
+                let first_open = finalized.saturating_add(1).saturating_sub(rebuild_minutes);
                 let progress = progress.borrow();
                 let written_at_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
                 let mut records = Vec::new();
@@ -553,7 +643,7 @@ pub fn kafka_source<'scope>(
                     });
                 }
             }
-            let post = stamper.post_marks(now, &shared.board, worker);
+            let post = stamper.post_marks(now, &shared.board, slot_on_board);
             if last_marks != Some(post.marks) {
                 if let Some(held) = marks_capability.as_ref() {
                     marks_output.activate().session(held).give(post);

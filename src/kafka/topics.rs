@@ -34,7 +34,7 @@ pub struct TopicSpec {
 const SEVEN_DAYS_MS: &str = "604800000";
 const ONE_DAY_MS: &str = "86400000";
 
-/// SPEC §1's four topics under the configured names.
+/// SPEC §1's five topics under the configured names.
 pub fn contract_topics(config: &Config) -> Vec<TopicSpec> {
     let topics = &config.topics;
     vec![
@@ -61,6 +61,11 @@ pub fn contract_topics(config: &Config) -> Vec<TopicSpec> {
             name: topics.dead_letters.clone(),
             partitions: 3,
             configs: vec![("retention.ms", SEVEN_DAYS_MS)],
+        },
+        TopicSpec {
+            name: topics.city_supply.clone(),
+            partitions: 6,
+            configs: vec![],
         },
     ]
 }

@@ -1,6 +1,7 @@
 //! The ingest sink: every valid event to `ride_events` (late ones with `is_late = 1`),
 //! every dead letter to the dead-letter topic, and per partition the offset below which all
-//! of it is durable (the source checkpoints no further than that).
+//! of it is durable (the source checkpoints no further than that). One per input topic and
+//! worker: for `driver-locations` only dead letters are written (locations are not kept raw).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -11,9 +12,9 @@ use timely::dataflow::StreamVec;
 
 use super::durable::durable_sink;
 use crate::clickhouse::writer::{Batch, Writer};
-use crate::kafka::source::Ingested;
+use crate::kafka::source::{Ingested, SourceRecord};
 
-/// Per partition (of this worker), the offset below which every message the source handed
+/// Per partition (of this worker and topic), the offset below which every message the source handed
 /// to this sink is durable. Shared with the source of the same worker.
 #[derive(Debug, Default)]
 pub struct IngestProgress {
@@ -33,8 +34,8 @@ impl IngestProgress {
 }
 
 /// Writes `ingested` (this worker's source output, in offset order per partition).
-pub fn ingest_sink<'scope>(
-    ingested: StreamVec<'scope, u64, Ingested>,
+pub fn ingest_sink<'scope, R: SourceRecord>(
+    ingested: StreamVec<'scope, u64, Ingested<R>>,
     writer: Arc<Writer>,
     progress: Rc<RefCell<IngestProgress>>,
 ) -> StreamVec<'scope, u64, ()> {
@@ -42,18 +43,21 @@ pub fn ingest_sink<'scope>(
         ingested,
         "IngestSink",
         writer,
-        |data: Vec<Ingested>| {
+        |data: Vec<Ingested<R>>| {
             let mut batch = Batch::default();
             let mut reached: BTreeMap<u32, i64> = BTreeMap::new();
             for item in data {
-                if let Ingested::Replayed(_) = item {
-                    continue; // written before a restart
+                match item {
+                    // Written before a restart, or never written (locations).
+                    Ingested::Replayed(_) => continue,
+                    Ingested::Event(_) if !R::STORED => continue,
+                    _ => {}
                 }
                 let (partition, offset) = item.position();
                 let next = reached.entry(partition).or_insert(0);
                 *next = (*next).max(offset as i64 + 1);
                 match item {
-                    Ingested::Event(sourced) => batch.events.push(sourced),
+                    Ingested::Event(sourced) => R::store(sourced, &mut batch),
                     Ingested::Dead(dead) => batch.dead.push(dead),
                     Ingested::Replayed(_) => {}
                 }

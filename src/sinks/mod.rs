@@ -10,9 +10,11 @@
 //! - [`ingest`]: raw events to `ride_events`, dead letters to the dead-letter topic; also
 //!   records per partition the offset below which every message is durable.
 //! - [`metrics`]: metric rows to `city_metrics` and `analytics-aggregated`.
+//! - [`supply`]: supply rows to `city_supply` and `city-supply`.
 //!
 //! The source (`kafka::source`) turns both signals into checkpoints and offset commits.
 
 pub mod durable;
 pub mod ingest;
 pub mod metrics;
+pub mod supply;

@@ -41,6 +41,7 @@ impl Namespace {
             format!("topics.driver_locations={prefix}-driver-locations"),
             format!("topics.aggregated={prefix}-analytics-aggregated"),
             format!("topics.dead_letters={prefix}-ride-events-dlq"),
+            format!("topics.city_supply={prefix}-city-supply"),
         ];
         Namespace::from_settings(args)
     }
@@ -127,7 +128,7 @@ impl Namespace {
         let out = self.run(&["topics", "create"]);
         assert_eq!(
             out.lines().filter(|l| l.starts_with("created")).count(),
-            4,
+            5,
             "{out}"
         );
     }
