@@ -47,6 +47,8 @@ use dataflows::event::EventError;
 
 /// Batches waiting for the writer before `submit` blocks.
 const QUEUE_DEPTH: usize = 16;
+/// Dead letters the dead-letter thread delivers in one go at most.
+const MAX_LETTERS_PER_DELIVERY: usize = 50_000;
 /// Longest wait between two attempts of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The dead-letter reason of a valid event that ClickHouse refused to store.
@@ -212,17 +214,17 @@ impl Writer {
             url: config.clickhouse.url.clone(),
             database: config.clickhouse.database.clone(),
             layout,
-            aggregated: CountingProducer::new(
+            aggregated: CountingProducer::for_writer(
                 &config.kafka,
                 &config.topics.aggregated,
                 &format!("{client_id}-aggregated"),
             )?,
-            city_supply: CountingProducer::new(
+            city_supply: CountingProducer::for_writer(
                 &config.kafka,
                 &config.topics.city_supply,
                 &format!("{client_id}-supply"),
             )?,
-            dead_letters: CountingProducer::new(
+            dead_letters: CountingProducer::for_writer(
                 &config.kafka,
                 &config.topics.dead_letters,
                 &format!("{client_id}-dlq"),
@@ -287,58 +289,130 @@ impl Writer {
     }
 }
 
+/// What is left of one batch before its ticket is done: the writer thread's part and, for a
+/// batch with dead letters, the dead-letter thread's part. Whichever finishes last releases
+/// the batch's rows from the backpressure count and wakes the sink.
+struct Completion {
+    parts: AtomicUsize,
+    rows: usize,
+    ticket: Ticket,
+    activator: Option<SyncActivator>,
+}
+
+impl Completion {
+    fn part_done(&self, shared: &Shared) {
+        if self.parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.inflight_rows.fetch_sub(self.rows, Ordering::Relaxed);
+            self.ticket.0.store(true, Ordering::Release);
+            if let Some(activator) = &self.activator {
+                let _ = activator.activate();
+            }
+        }
+    }
+}
+
+/// Dead letters of one batch on their way to the dead-letter thread.
+type Letters = (Vec<DeadLetter>, Arc<Completion>);
+
 fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a current-thread runtime can always be built");
-    while let Ok((batch, ticket, activator)) = receiver.recv() {
-        let rows = batch.len();
-        if let Err(error) = write(&runtime, &destinations, &batch, &shared) {
+    let destinations = Arc::new(destinations);
+    let (letters, letters_receiver) = std::sync::mpsc::channel::<Letters>();
+    let letters_thread = {
+        let (destinations, shared) = (destinations.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("ridepulse-dlq".into())
+            .spawn(move || deliver_letters(&destinations, letters_receiver, &shared))
+            .expect("the dead-letter thread can be spawned")
+    };
+    while let Ok((mut batch, ticket, activator)) = receiver.recv() {
+        if shared.fatal.lock().expect("not poisoned").is_some() {
+            break; // the dead-letter thread stopped the job
+        }
+        let dead = std::mem::take(&mut batch.dead);
+        let completion = Arc::new(Completion {
+            parts: AtomicUsize::new(if dead.is_empty() { 1 } else { 2 }),
+            rows: batch.len() + dead.len(),
+            ticket,
+            activator,
+        });
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let dead_rows = dead_letter_records(&destinations, &dead, now_ms);
+        if !dead.is_empty() {
+            // The receiver lives until this loop ends, unless it stopped on a fatal error
+            // (then the ticket never completes and the job reports the error).
+            let _ = letters.send((dead, completion.clone()));
+        }
+        if let Err(error) = write(&runtime, &destinations, &batch, dead_rows, &shared) {
             error!(%error, "stopping: a write failed and retrying cannot help");
             *shared.fatal.lock().expect("not poisoned") = Some(error);
-            return;
+            break;
         }
-        shared.inflight_rows.fetch_sub(rows, Ordering::Relaxed);
-        ticket.0.store(true, Ordering::Release);
-        if let Some(activator) = activator {
-            let _ = activator.activate();
-        }
+        completion.part_done(&shared);
     }
+    drop(letters);
+    let _ = letters_thread.join();
     info!("writer finished");
 }
 
-/// Writes one batch, retrying transient failures and isolating refused rows; returns the
-/// fatal error's text.
+/// The dead-letter thread: delivers each batch's dead letters to the dead-letter topic, in
+/// order, while the writer thread goes on with the next batches, so a flood of dead letters
+/// costs the broker's write rate and never the round trips of one batch after another.
+/// Letters that queued up meanwhile go out together, as one paced delivery.
+fn deliver_letters(d: &Destinations, receiver: Receiver<Letters>, shared: &Shared) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime can always be built");
+    while let Ok(first) = receiver.recv() {
+        let mut queued = vec![first];
+        let mut count = queued[0].0.len();
+        while count < MAX_LETTERS_PER_DELIVERY {
+            let Ok(next) = receiver.try_recv() else { break };
+            count += next.0.len();
+            queued.push(next);
+        }
+        let mut all = Vec::with_capacity(count);
+        let mut completions = Vec::with_capacity(queued.len());
+        for (letters, completion) in queued {
+            all.extend(letters);
+            completions.push(completion);
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let delivered = deliver_dead_letters(d, &shared.stats, &all)
+            .and_then(|refused| amend_refused(&runtime, d, &shared.stats, &all, refused, now_ms));
+        if let Err(error) = delivered {
+            error!(%error, "stopping: a dead-letter delivery failed and retrying cannot help");
+            *shared.fatal.lock().expect("not poisoned") = Some(error);
+            return;
+        }
+        for completion in completions {
+            completion.part_done(shared);
+        }
+    }
+}
+
+/// Writes one batch's rows, retrying transient failures and isolating refused rows; returns
+/// the fatal error's text. (Its dead letters are the dead-letter thread's part;
+/// `dead_rows` are their `dead_letters` rows.)
 ///
-/// The batch's dead letters go to the broker on a thread of their own while ClickHouse takes
-/// the raw events, the dead-letter rows and the metric rows, so a flood of dead letters costs
-/// the broker's write time alongside the inserts rather than after them. Checkpoints come
-/// last, once everything else of the batch is durable.
+/// Checkpoints come last. They are made by the sources from the durable frontier, which no
+/// batch passes before both its parts are done, so a checkpoint never covers a dead letter
+/// the broker has not acknowledged.
 fn write(
     runtime: &tokio::runtime::Runtime,
     d: &Destinations,
     batch: &Batch,
+    dead_rows: Vec<DeadLetterRecord>,
     shared: &Shared,
 ) -> Result<(), String> {
     let stats = &shared.stats;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let (tables, delivery) = std::thread::scope(|scope| {
-        let delivery = (!batch.dead.is_empty()).then(|| {
-            std::thread::Builder::new()
-                .name("ridepulse-dlq".into())
-                .spawn_scoped(scope, || deliver_dead_letters(d, stats, &batch.dead))
-                .expect("a delivery thread can be spawned")
-        });
-        let tables = runtime.block_on(write_tables(d, batch, stats, now_ms));
-        let delivery = delivery.map(|thread| thread.join().expect("the delivery thread panicked"));
-        (tables, delivery)
-    });
     // Rows ClickHouse refused are dead letters too (rare: after the rest, in one go).
-    let rejected = tables?;
-    if let Some(delivery) = delivery {
-        amend_refused(runtime, d, stats, &batch.dead, delivery?, now_ms)?;
-    }
+    let rejected = runtime.block_on(write_tables(d, batch, dead_rows, stats, now_ms))?;
     if !rejected.is_empty() {
         let refused = deliver_dead_letters(d, stats, &rejected)?;
         write_dead_letter_rows(runtime, d, stats, &rejected, now_ms)?;
@@ -362,6 +436,7 @@ fn write(
 async fn write_tables(
     d: &Destinations,
     batch: &Batch,
+    dead_rows: Vec<DeadLetterRecord>,
     stats: &WriterStats,
     now_ms: i64,
 ) -> Result<Vec<DeadLetter>, String> {
@@ -393,8 +468,8 @@ async fn write_tables(
             }
         }));
     }
-    if !batch.dead.is_empty() {
-        insert_dead_letter_rows(d, stats, dead_letter_records(d, &batch.dead, now_ms)).await?;
+    if !dead_rows.is_empty() {
+        insert_dead_letter_rows(d, stats, dead_rows).await?;
     }
     if !batch.metrics.is_empty() {
         let records: Vec<MetricsRecord> = batch

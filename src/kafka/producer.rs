@@ -150,11 +150,33 @@ impl CountingProducer {
         topic: &str,
         client_id: &str,
     ) -> Result<CountingProducer, KafkaError> {
+        Self::with_settings(
+            settings::producer(&kafka.brokers, client_id, kafka.idempotence),
+            topic,
+        )
+    }
+
+    /// A producer for the job's writer (whole batches, sent at once: see
+    /// [`settings::writer_producer`]).
+    pub fn for_writer(
+        kafka: &KafkaConfig,
+        topic: &str,
+        client_id: &str,
+    ) -> Result<CountingProducer, KafkaError> {
+        Self::with_settings(
+            settings::writer_producer(&kafka.brokers, client_id, kafka.idempotence),
+            topic,
+        )
+    }
+
+    fn with_settings(
+        config: rdkafka::ClientConfig,
+        topic: &str,
+    ) -> Result<CountingProducer, KafkaError> {
         let stats = Arc::new(DeliveryStats::default());
-        let producer = settings::producer(&kafka.brokers, client_id, kafka.idempotence)
-            .create_with_context(CountingContext {
-                stats: stats.clone(),
-            })?;
+        let producer = config.create_with_context(CountingContext {
+            stats: stats.clone(),
+        })?;
         Ok(CountingProducer {
             producer,
             topic: topic.to_string(),

@@ -106,6 +106,17 @@ pub fn producer(brokers: &str, client_id: &str, idempotent: bool) -> ClientConfi
     config
 }
 
+/// For the job's writer: like [`producer`], but the writer hands over a whole batch and waits
+/// for its acknowledgements before the batch counts as durable, so lingering to fill batches
+/// would only delay every batch (and a flood of dead letters, batch after batch).
+pub fn writer_producer(brokers: &str, client_id: &str, idempotent: bool) -> ClientConfig {
+    let mut config = producer(brokers, client_id, idempotent);
+    // the batch is already whole: send it at once (5 ms lets librdkafka group its partitions).
+    config.set("linger.ms", "5");
+    apply_extra(&mut config);
+    config
+}
+
 /// For consumers that assign partitions explicitly and commit offsets themselves.
 pub fn consumer(brokers: &str, group_id: &str, client_id: &str) -> ClientConfig {
     let mut config = base(brokers, client_id);
@@ -146,5 +157,9 @@ mod tests {
         let off = producer("127.0.0.1:9092", "t", false);
         assert_eq!(off.get("enable.idempotence"), None);
         assert_eq!(off.get("max.in.flight.requests.per.connection"), Some("1"));
+        assert_eq!(on.get("linger.ms"), Some("50"));
+        let writer = writer_producer("127.0.0.1:9092", "t", true);
+        assert_eq!(writer.get("linger.ms"), Some("5"));
+        assert_eq!(writer.get("acks"), Some("all"));
     }
 }
