@@ -31,6 +31,10 @@ pub struct ProcessSpec {
     pub address: String,
     /// Worker threads in this process.
     pub workers: usize,
+    /// `host:port` this process serves Prometheus's `/metrics` on; without it, the
+    /// `metrics.listen` port plus the process's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// A job's own processes, overriding the default ones.
@@ -202,8 +206,21 @@ impl Layout {
             processes: vec![ProcessSpec {
                 address: "127.0.0.1:0".into(),
                 workers,
+                metrics: None,
             }],
         }
+    }
+
+    /// Where process `index` serves `/metrics`: its own `metrics` address if the layout
+    /// names one, otherwise `listen` (the `metrics.listen` key) with the port plus `index`;
+    /// `None` when `listen` is empty (no endpoint) and the process names none.
+    pub fn metrics_address(&self, index: usize, listen: &str) -> Option<String> {
+        if let Some(own) = self.processes.get(index).and_then(|p| p.metrics.clone()) {
+            return Some(own);
+        }
+        let addr: std::net::SocketAddr = listen.parse().ok()?;
+        let port = addr.port().checked_add(u16::try_from(index).ok()?)?;
+        Some(std::net::SocketAddr::new(addr.ip(), port).to_string())
     }
 
     /// Worker threads per process.

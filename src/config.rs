@@ -28,6 +28,26 @@ pub struct Config {
     pub job: JobConfig,
     /// The cluster layout file and where submitted jobs keep their state.
     pub cluster: ClusterConfig,
+    /// Where each job process serves its Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` a job process serves `/metrics` on (empty: no endpoint). Process I of a
+    /// layout uses its own `metrics` address if the layout names one, otherwise this port
+    /// plus I (see `cluster::Layout::metrics_address`).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// `[job]`
@@ -427,6 +447,15 @@ impl Config {
         if self.job.checkpoint_interval_ms == 0 {
             return invalid("job.checkpoint_interval_ms", "must be at least 1");
         }
+        let listen = &self.metrics.listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "metrics.listen",
+                &format!(
+                    "`{listen}` is not ip:port (e.g. 127.0.0.1:9464; empty turns /metrics off)"
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -581,6 +610,7 @@ mod tests {
             ("clickhouse.database=a;drop", "clickhouse.database"),
             ("window.length_minutes=7", "window.length_minutes"),
             ("window.slide_minutes=0", "window.slide_minutes"),
+            ("metrics.listen=localhost", "metrics.listen"),
         ] {
             let overrides = if key == "window.length_minutes" {
                 vec![set, "window.slide_minutes=2"]

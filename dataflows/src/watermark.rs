@@ -98,6 +98,16 @@ impl WatermarkTracker {
         clock.at_end = at_end;
     }
 
+    /// Whether `partition` stops holding the watermark back: finished, or at its end offset
+    /// and quiet for the idle timeout (the rule [`WatermarkTracker::local_marks`] applies).
+    pub fn is_idle(&self, partition: u32, now: Instant) -> bool {
+        self.partitions.get(&partition).is_some_and(|clock| {
+            clock.finished
+                || (clock.at_end
+                    && now.saturating_duration_since(clock.last_activity) >= self.idle_timeout)
+        })
+    }
+
     /// The job's watermark as last published (see [`WatermarkTracker::advance_to`]).
     pub fn published_ms(&self) -> Option<i64> {
         self.published_ms
