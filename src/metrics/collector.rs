@@ -270,16 +270,21 @@ impl Collector for JobCollector {
             &[(on_topic(), load(&c.gauges.offsets_committed))],
         )?;
 
-        // The supervisor's restarts, from the state it keeps.
-        if let Some((name, dir)) = &self.supervised {
-            let restarts = dir.state().map_or(0, |state| state.restarts);
-            counter(
-                &mut e,
-                "ridepulse_job_restarts",
-                "Times the supervisor restarted the job's processes.",
-                &[(vec![("job", name.as_str())], restarts)],
-            )?;
-        }
+        // The supervisor's restarts, from the state it keeps (0 for a job run by hand, whose
+        // `job` label is the scrape target's).
+        let restarts = match &self.supervised {
+            Some((name, dir)) => (
+                vec![("job", name.as_str())],
+                dir.state().map_or(0, |state| state.restarts),
+            ),
+            None => (vec![], 0),
+        };
+        counter(
+            &mut e,
+            "ridepulse_job_restarts",
+            "Times the supervisor restarted the job's processes.",
+            &[restarts],
+        )?;
         Ok(())
     }
 }
