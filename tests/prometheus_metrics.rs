@@ -4,17 +4,18 @@
 //! The test starts Debian's Prometheus through `scripts/stack up prometheus` with its own
 //! state folder, port and targets (the shared stack's components are never touched), replays
 //! a backlog whose late events and dead letters it counts itself (SPEC §3's per-partition
-//! rule over the partitions the producer's murmur2 gives, independent of the job), runs
-//! `ridepulse run` on it without `--until-end` (so the process stays up to be scraped), and
-//! reads through Prometheus's HTTP API: the lag rising and falling to 0, the exact counts of
-//! events, late events and dead letters by reason, and the watermark (the largest event time
-//! minus the allowed lateness, once every partition is idle) with its delay.
+//! rule over the partitions the producer's murmur2 gives, independent of the job), submits a
+//! job on it (`ridepulse job submit`, which writes the Prometheus target; its process stays
+//! up to be scraped), and reads through Prometheus's HTTP API: the lag rising and falling to
+//! 0, the exact counts of events, late events and dead letters by reason, the watermark (the
+//! largest event time minus the allowed lateness, once every partition is idle) with its
+//! delay, and the supervisor's restarts; `job list` shows the same lag and delay.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Namespace;
@@ -27,16 +28,15 @@ const JOB: &str = "prom-test";
 
 /// Stops what the test started, even when an assertion fails.
 struct Cleanup {
-    job: Option<Child>,
+    jobs: Option<Namespace>,
     stack: std::path::PathBuf,
     prometheus_port: u16,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(mut child) = self.job.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(jobs) = self.jobs.take() {
+            let _ = jobs.try_run(&["job", "stop", JOB]);
         }
         let _ = stack(&self.stack, self.prometheus_port, &self.stack, "down");
     }
@@ -54,7 +54,7 @@ fn stack(state: &Path, port: u16, targets: &Path, action: &str) -> std::process:
             "RIDEPULSE_STACK_PROMETHEUS_TARGETS",
             targets.join("*.json").to_str().unwrap(),
         )
-        .env("RIDEPULSE_STACK_PROMETHEUS_SCRAPE", "1s")
+        .env("RIDEPULSE_STACK_PROMETHEUS_SCRAPE", "500ms")
         .output()
         .unwrap()
 }
@@ -139,42 +139,61 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
         late > 100 && dead.values().sum::<u64>() >= 40,
         "{late} {dead:?}"
     );
+    eprintln!("dataset: {events} events, {late} late, dead letters {dead:?}");
+    // A backlog: lateness is judged exactly as the reference only when every message is
+    // there before the job reads (a partition going idle mid-read would make the job's
+    // watermark pass events still to come).
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
 
-    // Prometheus, private, scraping this test's job only (file-based discovery).
+    // The job, submitted (`ridepulse job submit`, its own state folder and one process of
+    // two workers): its supervisor starts `ridepulse run`, which stays up after catching up,
+    // and submit writes the Prometheus target (metrics.listen's port plus process index 0).
     let (prometheus_port, metrics_port) = common::free_ports();
-    let state = dir.join("stack");
-    let targets = dir.join("targets");
-    std::fs::create_dir_all(&targets).unwrap();
+    let (timely_port, _) = common::free_ports();
+    let jobs_state = dir.join("jobs");
+    let layout = dir.join("workers.toml");
     std::fs::write(
-        targets.join("job.json"),
-        serde_json::json!([{"targets": [format!("127.0.0.1:{metrics_port}")], "labels": {"job": JOB}}])
-            .to_string(),
+        &layout,
+        format!("[[process]]\naddress = \"127.0.0.1:{timely_port}\"\nworkers = 2\n"),
     )
     .unwrap();
+    let jobs = ns
+        .with("cluster.state_dir", jobs_state.to_str().unwrap())
+        .with("cluster.layout", layout.to_str().unwrap())
+        .with("metrics.listen", &format!("127.0.0.1:{metrics_port}"));
+    let selector = format!("{{job=\"{JOB}\"}}");
+    let state = dir.join("stack");
+    let targets = ridepulse::jobs::scrape_targets_dir(&jobs_state);
     let mut cleanup = Cleanup {
-        job: None,
+        jobs: None,
         stack: state.clone(),
         prometheus_port,
     };
+    // Prometheus, private, reading the targets `job submit` writes (file-based discovery).
     let up = stack(&state, prometheus_port, &targets, "up");
     assert!(
         up.status.success(),
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-
-    // The job, left running after it has caught up.
-    let log = std::fs::File::create(dir.join("job.log")).unwrap();
-    cleanup.job = Some(
-        ns.with("metrics.listen", &format!("127.0.0.1:{metrics_port}"))
-            .command(&["run", "-w", "2", "--group", "prom"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    // The target as `job submit` writes it, in place beforehand so that Prometheus already
+    // scrapes the address when the process comes up (submit rewrites it, checked below).
+    let target = serde_json::json!([{"targets": [format!("127.0.0.1:{metrics_port}")], "labels": {"job": JOB}}]);
+    std::fs::create_dir_all(&targets).unwrap();
+    std::fs::write(targets.join(format!("{JOB}.json")), target.to_string()).unwrap();
+    wait_for(
+        prometheus_port,
+        &format!("count(up{selector})"),
+        1.0,
+        Duration::from_secs(30),
     );
-    let selector = format!("{{job=\"{JOB}\"}}");
+    jobs.run(&["job", "submit", "--name", JOB, "--all-cities"]);
+    cleanup.jobs = Some(jobs.clone());
+    let written: Value = serde_json::from_str(
+        &std::fs::read_to_string(targets.join(format!("{JOB}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written, target);
     let lag = format!("sum(ridepulse_consumer_lag_messages{selector})");
     // The backlog is read: the lag was above 0 at some scrape and comes down to 0.
     wait_for(
@@ -267,6 +286,33 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
     )
     .unwrap();
     assert!(age < 30.0, "checkpoint age {age}");
+
+    // The supervisor's restarts (none), labelled with the job's name.
+    assert_eq!(
+        scalar(
+            prometheus_port,
+            &format!("ridepulse_job_restarts_total{selector}")
+        ),
+        Some(0.0)
+    );
+    // `job list` reads the same numbers from the process's /metrics.
+    let list = jobs.run(&["job", "list"]);
+    eprintln!("{list}");
+    let row: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with(JOB))
+        .unwrap_or_else(|| panic!("{list}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "running", "{list}");
+    assert_eq!(row[row.len() - 2], "0", "lag: {list}");
+    let listed: f64 = row[row.len() - 1].trim_end_matches('s').parse().unwrap();
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    assert!(
+        (listed - (now - watermark)).abs() <= 5.0,
+        "{listed} vs {}",
+        now - watermark
+    );
 
     // Every pipeline-health panel and every Prometheus alert rule: parses and returns series.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

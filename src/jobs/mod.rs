@@ -424,6 +424,23 @@ fn write_scrape_targets(
     write_json(&dir.join(format!("{name}.json")), &group)
 }
 
+/// Where a job's processes serve `/metrics`: the layout it was submitted with and the
+/// `metrics.listen` of the configuration it runs with (`listen` if that cannot be read).
+pub fn metrics_addresses(dir: &JobDir, spec: &JobSpec, listen: &str) -> Vec<String> {
+    let listen = Config::load(
+        Some(&dir.config_path()),
+        std::iter::empty::<(String, String)>(),
+        &[],
+    )
+    .map_or_else(|_| listen.to_string(), |c| c.metrics.listen);
+    let layout = Layout {
+        processes: spec.processes.clone(),
+    };
+    (0..layout.processes.len())
+        .filter_map(|index| layout.metrics_address(index, &listen))
+        .collect()
+}
+
 fn write_layout(path: &Path, layout: &Layout) -> anyhow::Result<()> {
     #[derive(Serialize)]
     struct File<'a> {

@@ -8,9 +8,11 @@
 //! `Writer::inflight_rows`) when Prometheus scrapes, and the numbers that did not exist
 //! are kept where they change least often — [`SourceGauges`] once per source activation
 //! (per partition, not per event), [`TableMetrics`] once per ClickHouse insert.
-//! [`server`] serves them on `metrics.listen` with tiny_http.
+//! [`server`] serves them on `metrics.listen` with tiny_http; [`scrape`] reads them back
+//! for `job list` and the built-in dashboard.
 
 pub mod collector;
+pub mod scrape;
 pub mod server;
 
 use std::collections::BTreeMap;
