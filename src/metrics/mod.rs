@@ -185,3 +185,56 @@ pub fn serve_job(
     )));
     server::serve(&address, registry)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_replaced_and_the_watermark_only_rises() {
+        let gauges = SourceGauges::default();
+        let gauge = |lag, idle| PartitionGauge {
+            lag: Some(lag),
+            max_event_ms: Some(60_000),
+            idle,
+        };
+        gauges.record(
+            "t",
+            [(0, gauge(5, false)), (1, gauge(7, false))],
+            Some(1_000),
+        );
+        // Another worker's partitions, and a later record of partition 0 replacing the first.
+        gauges.record("t", [(2, gauge(1, true))], Some(3_000));
+        gauges.record("t", [(0, gauge(0, true))], Some(2_000));
+        assert_eq!(gauges.total_lag(), Some(8));
+        assert_eq!(gauges.partitions().len(), 3);
+        assert_eq!(gauges.watermarks(), [("t".to_string(), 3_000)]);
+        gauges.record("t", [(3, PartitionGauge::default())], None);
+        assert_eq!(
+            gauges.total_lag(),
+            None,
+            "unknown until every partition fetched"
+        );
+    }
+
+    #[test]
+    fn inserts_are_counted_per_table_and_checkpoints_dated() {
+        let tables = TableMetrics::default();
+        assert_eq!(tables.last_checkpoint_ms(), None);
+        tables.inserted("ride_events", 100, Duration::from_millis(20));
+        tables.inserted("ride_events", 50, Duration::from_millis(40));
+        tables.inserted("checkpoints", 12, Duration::from_millis(5));
+        tables.inserted("elsewhere", 1, Duration::from_millis(5));
+        let rows: Vec<(&str, u64)> = tables.tables().map(|(t, rows, _)| (t, rows)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("ride_events", 150),
+                ("dead_letters", 0),
+                ("city_metrics", 0),
+                ("checkpoints", 12)
+            ]
+        );
+        assert!(tables.last_checkpoint_ms().is_some());
+    }
+}
