@@ -265,6 +265,21 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_is_idle_at_its_end_after_the_timeout_or_when_finished() {
+        let (mut t, now) = tracker();
+        t.observe(0, 100_000, now);
+        t.add_partition(1, now);
+        assert!(!t.is_idle(0, now) && !t.is_idle(1, now) && !t.is_idle(9, now));
+        t.set_at_end(0, true, now);
+        assert!(!t.is_idle(0, now + Duration::from_millis(4_999)));
+        assert!(t.is_idle(0, now + Duration::from_secs(5)));
+        t.observe(0, 100_001, now + Duration::from_secs(6));
+        assert!(!t.is_idle(0, now + Duration::from_secs(20)), "new data");
+        t.finish(1);
+        assert!(t.is_idle(1, now));
+    }
+
+    #[test]
     fn lateness_is_judged_at_exactly_the_allowed_lateness() {
         let (mut t, now) = tracker();
         assert!(!t.observe(0, 100_000, now), "the first event is never late");
