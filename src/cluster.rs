@@ -31,6 +31,10 @@ pub struct ProcessSpec {
     pub address: String,
     /// Worker threads in this process.
     pub workers: usize,
+    /// `host:port` this process serves Prometheus's `/metrics` on; without it, the
+    /// `metrics.listen` port plus the process's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// A job's own processes, overriding the default ones.
@@ -157,6 +161,14 @@ fn check(path: &Path, field: &str, processes: Vec<ProcessSpec>) -> Result<Layout
                 "is 0: a process needs at least one worker thread".into(),
             ));
         }
+        if let Some(metrics) = &process.metrics {
+            if metrics.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    format!("{at}.metrics"),
+                    format!("`{metrics}` is not ip:port (e.g. 127.0.0.1:9464)"),
+                ));
+            }
+        }
         let port = process
             .address
             .rsplit_once(':')
@@ -202,8 +214,21 @@ impl Layout {
             processes: vec![ProcessSpec {
                 address: "127.0.0.1:0".into(),
                 workers,
+                metrics: None,
             }],
         }
+    }
+
+    /// Where process `index` serves `/metrics`: its own `metrics` address if the layout
+    /// names one, otherwise `listen` (the `metrics.listen` key) with the port plus `index`;
+    /// `None` when `listen` is empty (no endpoint) and the process names none.
+    pub fn metrics_address(&self, index: usize, listen: &str) -> Option<String> {
+        if let Some(own) = self.processes.get(index).and_then(|p| p.metrics.clone()) {
+            return Some(own);
+        }
+        let addr: std::net::SocketAddr = listen.parse().ok()?;
+        let port = addr.port().checked_add(u16::try_from(index).ok()?)?;
+        Some(std::net::SocketAddr::new(addr.ip(), port).to_string())
     }
 
     /// Worker threads per process.
@@ -287,6 +312,43 @@ mod tests {
             default.timely_config(2).unwrap_err(),
             "--process 2 is out of range: the layout has processes 0..=1"
         );
+    }
+
+    #[test]
+    fn a_process_serves_metrics_on_its_own_address_or_the_port_plus_its_index() {
+        let set = parse(
+            r#"
+            [[process]]
+            address = "127.0.0.1:2101"
+            workers = 1
+            [[process]]
+            address = "127.0.0.1:2102"
+            workers = 1
+            metrics = "127.0.0.1:9600"
+            "#,
+        )
+        .unwrap();
+        let layout = set.for_job(None);
+        assert_eq!(
+            layout.metrics_address(0, "127.0.0.1:9464").as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        assert_eq!(
+            layout.metrics_address(1, "127.0.0.1:9464").as_deref(),
+            Some("127.0.0.1:9600")
+        );
+        assert_eq!(layout.metrics_address(0, ""), None, "empty: no endpoint");
+        let three = Layout {
+            processes: vec![layout.processes[0].clone(); 3],
+        };
+        assert_eq!(
+            three.metrics_address(2, "0.0.0.0:9464").as_deref(),
+            Some("0.0.0.0:9466")
+        );
+        let error =
+            parse("[[process]]\naddress = \"127.0.0.1:1\"\nworkers = 1\nmetrics = \"nowhere\"\n")
+                .unwrap_err();
+        assert!(error.contains("process[0].metrics"), "{error}");
     }
 
     #[test]

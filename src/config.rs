@@ -30,6 +30,26 @@ pub struct Config {
     pub job: JobConfig,
     /// The cluster layout file and where submitted jobs keep their state.
     pub cluster: ClusterConfig,
+    /// Where each job process serves its Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` a job process serves `/metrics` on (empty: no endpoint). Process I of a
+    /// layout uses its own `metrics` address if the layout names one, otherwise this port
+    /// plus I (see `cluster::Layout::metrics_address`).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// `[supply]`: SPEC §5's freshness knobs, in whole minutes.
@@ -478,6 +498,15 @@ impl Config {
         if self.job.checkpoint_interval_ms == 0 {
             return invalid("job.checkpoint_interval_ms", "must be at least 1");
         }
+        let listen = &self.metrics.listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "metrics.listen",
+                &format!(
+                    "`{listen}` is not ip:port (e.g. 127.0.0.1:9464; empty turns /metrics off)"
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -638,6 +667,7 @@ mod tests {
                 "supply.request_timeout_minutes",
             ),
             ("topics.city_supply=a b", "topics.city_supply"),
+            ("metrics.listen=localhost", "metrics.listen"),
         ] {
             let overrides = if key == "window.length_minutes" {
                 vec![set, "window.slide_minutes=2"]

@@ -298,6 +298,15 @@ pub fn run<W: Write + Send + 'static>(
         resume: Arc::new(location_resume),
         ..shared.clone()
     };
+    // Prometheus's /metrics, read from the counters above at scrape time (see `metrics`).
+    let _metrics = crate::metrics::serve_job(
+        config,
+        &options.layout,
+        options.process,
+        &options.group_id,
+        shared.counters.clone(),
+        writer.clone(),
+    );
     let out = Arc::new(Mutex::new(out));
     let started = Instant::now();
     let (print, final_only) = (options.print, options.final_only);

@@ -26,6 +26,8 @@
 //! - [`file_source`]: `run --from-file`, the same job over JSON-lines files.
 //! - [`bench`]: `ridepulse bench`, the benchmark harness (JSON results, PNG plots).
 //! - [`dashboard`]: `ridepulse dashboard`, the live page served by the binary.
+//! - [`metrics`]: every job process's Prometheus `/metrics` (lag, watermark delay, late
+//!   events, dead letters, the writer's health), read from the job's counters at scrape.
 //! - [`simulator`]: a deterministic ride service that produces realistic event streams.
 //! - [`telemetry`]: logging set-up, once, in `main`.
 #![deny(missing_docs)]
@@ -39,6 +41,7 @@ pub mod file_source;
 pub mod job;
 pub mod jobs;
 pub mod kafka;
+pub mod metrics;
 pub mod simulator;
 pub mod sinks;
 pub mod telemetry;

@@ -646,12 +646,12 @@ fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
         }
         JobAction::List => {
             println!(
-                "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8}",
-                "NAME", "CITIES", "PROCESSES", "STATE", "RESTARTS", "WATERMARK", "LAG"
+                "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8} {:>9}",
+                "NAME", "CITIES", "PROCESSES", "STATE", "RESTARTS", "WATERMARK", "LAG", "WM DELAY"
             );
             for row in jobs::status::list(config) {
                 println!(
-                    "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8}",
+                    "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8} {:>9}",
                     row.spec.name,
                     row.spec.cities_text(),
                     format!(
@@ -662,7 +662,9 @@ fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
                     row.state,
                     row.restarts,
                     row.watermark.unwrap_or_else(|| "?".into()),
-                    row.lag.map_or_else(|| "?".into(), |l| l.to_string())
+                    row.lag.map_or_else(|| "?".into(), |l| l.to_string()),
+                    row.watermark_delay_seconds
+                        .map_or_else(|| "?".into(), |d| format!("{d:.0}s"))
                 );
                 if let Some(failure) = row.failure {
                     println!("  failed: {failure}");

@@ -98,6 +98,16 @@ impl WatermarkTracker {
         clock.at_end = at_end;
     }
 
+    /// Whether `partition` stops holding the watermark back: finished, or at its end offset
+    /// and quiet for the idle timeout (the rule [`WatermarkTracker::local_marks`] applies).
+    pub fn is_idle(&self, partition: u32, now: Instant) -> bool {
+        self.partitions.get(&partition).is_some_and(|clock| {
+            clock.finished
+                || (clock.at_end
+                    && now.saturating_duration_since(clock.last_activity) >= self.idle_timeout)
+        })
+    }
+
     /// The job's watermark as last published (see [`WatermarkTracker::advance_to`]).
     pub fn published_ms(&self) -> Option<i64> {
         self.published_ms
@@ -252,6 +262,21 @@ mod tests {
             WatermarkTracker::new(Duration::from_secs(30), Duration::from_secs(5)),
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn a_partition_is_idle_at_its_end_after_the_timeout_or_when_finished() {
+        let (mut t, now) = tracker();
+        t.observe(0, 100_000, now);
+        t.add_partition(1, now);
+        assert!(!t.is_idle(0, now) && !t.is_idle(1, now) && !t.is_idle(9, now));
+        t.set_at_end(0, true, now);
+        assert!(!t.is_idle(0, now + Duration::from_millis(4_999)));
+        assert!(t.is_idle(0, now + Duration::from_secs(5)));
+        t.observe(0, 100_001, now + Duration::from_secs(6));
+        assert!(!t.is_idle(0, now + Duration::from_secs(20)), "new data");
+        t.finish(1);
+        assert!(t.is_idle(1, now));
     }
 
     #[test]

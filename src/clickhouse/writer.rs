@@ -176,6 +176,10 @@ pub struct WriterStats {
     /// Messages the broker refused for good (too large; logged, and a dead letter still
     /// lands in the `dead_letters` table).
     pub refused_messages: AtomicU64,
+    /// Those of `retries` that were ClickHouse inserts (the rest are Kafka deliveries).
+    pub clickhouse_retries: AtomicU64,
+    /// Rows, insert latency and the last checkpoint per table, for `/metrics`.
+    pub tables: crate::metrics::TableMetrics,
 }
 
 struct Shared {
@@ -421,7 +425,7 @@ fn write(
     if !batch.checkpoints.is_empty() {
         runtime
             .block_on(retry(stats, "checkpoints", || {
-                insert(d, "checkpoints", &batch.checkpoints)
+                insert(d, stats, "checkpoints", &batch.checkpoints)
             }))
             .map_err(|failure| failure.to_string())?;
         stats
@@ -696,7 +700,7 @@ where
     let mut parts = vec![(0, records.len())];
     while let Some((start, end)) = parts.pop() {
         let rows = &records[start..end];
-        match retry(stats, table, || insert(d, table, rows)).await {
+        match retry(stats, table, || insert(d, stats, table, rows)).await {
             Ok(()) => {}
             Err(error) if error.severity() == Severity::Rows => {
                 if end - start == 1 {
@@ -724,10 +728,16 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
 }
 
 /// Inserts `records` into `database.table` as one INSERT (one block: all or nothing).
-async fn insert<R>(d: &Destinations, table: &str, records: &[R]) -> Result<(), ClickHouseError>
+async fn insert<R>(
+    d: &Destinations,
+    stats: &WriterStats,
+    table: &str,
+    records: &[R],
+) -> Result<(), ClickHouseError>
 where
     R: clickhouse::RowOwned + clickhouse::RowWrite,
 {
+    let started = std::time::Instant::now();
     let qualified = format!("{}.{}", d.database, table);
     let what = format!("insert into {qualified}");
     let fail = |e| ClickHouseError::from_client(&d.url, &what, e);
@@ -740,7 +750,11 @@ where
     for record in records {
         insert.write(record).await.map_err(fail)?;
     }
-    insert.end().await.map_err(fail)
+    insert.end().await.map_err(fail)?;
+    stats
+        .tables
+        .inserted(table, records.len(), started.elapsed());
+    Ok(())
 }
 
 /// Runs `attempt` until it succeeds or fails for a reason retrying cannot fix, backing off
@@ -767,6 +781,7 @@ where
             Err(failure) if failure.is_retryable() => {
                 failures += 1;
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.clickhouse_retries.fetch_add(1, Ordering::Relaxed);
                 if failures == 1 || failures.is_power_of_two() {
                     warn!(what, failures, retry_in = ?delay, error = %failure, "write failed; retrying");
                 }

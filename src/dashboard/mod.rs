@@ -7,7 +7,8 @@
 //! completion rates with the alert threshold, average fare, unique riders, late events and
 //! dead letters, and supply and demand (SPEC §5: where riders wait now, the cities under
 //! pressure first; available drivers, waiting riders and pressure per city over time, the
-//! pressure threshold drawn). When ClickHouse does not answer, the API says so (HTTP 503 with the reason)
+//! pressure threshold drawn). Next to freshness: consumer lag and watermark delay, read
+//! from the job processes' `/metrics` (see `metrics::scrape`). When ClickHouse does not answer, the API says so (HTTP 503 with the reason)
 //! and the page keeps its last numbers under a visible notice.
 //!
 //! The HTTP server is `tiny_http` on a few threads: the page is for a handful of viewers, and
@@ -112,7 +113,10 @@ async fn respond(
             )
             .await;
             let (status, body) = match result {
-                Ok(Ok(value)) => (200, value),
+                Ok(Ok(mut value)) => {
+                    value["pipeline"] = pipeline(config);
+                    (200, value)
+                }
                 Ok(Err(error)) => (503, unavailable(error.to_string())),
                 Err(_) => (
                     503,
@@ -127,6 +131,18 @@ async fn respond(
         }
         _ => with_type("not found\n", 404, "text/plain; charset=utf-8"),
     }
+}
+
+/// Lag and watermark delay from the job processes' `/metrics` (the numbers Prometheus
+/// scrapes), shown next to freshness; `null`s when no process answers.
+fn pipeline(config: &Config) -> serde_json::Value {
+    let targets = crate::metrics::scrape::local_targets(config);
+    let health = crate::metrics::scrape::health(&targets, Duration::from_millis(300));
+    serde_json::json!({
+        "lag_messages": health.lag,
+        "watermark_delay_seconds": health.watermark_delay_seconds,
+        "processes": health.answered,
+    })
 }
 
 fn unavailable(error: String) -> serde_json::Value {

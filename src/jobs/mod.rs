@@ -332,6 +332,7 @@ pub fn submit(config: &Config, request: &SubmitRequest) -> anyhow::Result<JobSpe
     };
     write_json(&dir.file("job.json"), &spec)?;
     write_layout(&dir.layout_path(), &layout)?;
+    write_scrape_targets(config, &state_dir, name, &layout)?;
     config
         .write_private(
             &dir.config_path(),
@@ -400,6 +401,46 @@ pub fn submit(config: &Config, request: &SubmitRequest) -> anyhow::Result<JobSpe
     }
 }
 
+/// Where `job submit` writes each job's Prometheus targets (file-based service discovery,
+/// which the stack's Prometheus reads: scripts/stack, docs/metrics.md).
+pub fn scrape_targets_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(".prometheus-targets")
+}
+
+/// Writes `<name>.json`, the job's processes' `/metrics` addresses labelled `job=<name>`,
+/// for Prometheus's `file_sd_configs` (written atomically: Prometheus never reads half).
+fn write_scrape_targets(
+    config: &Config,
+    state_dir: &Path,
+    name: &str,
+    layout: &Layout,
+) -> anyhow::Result<()> {
+    let targets: Vec<String> = (0..layout.processes.len())
+        .filter_map(|index| layout.metrics_address(index, &config.metrics.listen))
+        .collect();
+    let dir = scrape_targets_dir(state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let group = serde_json::json!([{ "targets": targets, "labels": { "job": name } }]);
+    write_json(&dir.join(format!("{name}.json")), &group)
+}
+
+/// Where a job's processes serve `/metrics`: the layout it was submitted with and the
+/// `metrics.listen` of the configuration it runs with (`listen` if that cannot be read).
+pub fn metrics_addresses(dir: &JobDir, spec: &JobSpec, listen: &str) -> Vec<String> {
+    let listen = Config::load(
+        Some(&dir.config_path()),
+        std::iter::empty::<(String, String)>(),
+        &[],
+    )
+    .map_or_else(|_| listen.to_string(), |c| c.metrics.listen);
+    let layout = Layout {
+        processes: spec.processes.clone(),
+    };
+    (0..layout.processes.len())
+        .filter_map(|index| layout.metrics_address(index, &listen))
+        .collect()
+}
+
 fn write_layout(path: &Path, layout: &Layout) -> anyhow::Result<()> {
     #[derive(Serialize)]
     struct File<'a> {
@@ -444,6 +485,10 @@ pub fn stop(config: &Config, name: &str, wait: Duration) -> anyhow::Result<()> {
     }
     state_now.phase = Phase::Stopped;
     state_now.pids.clear();
+    // Nothing to scrape any more.
+    let _ = std::fs::remove_file(
+        scrape_targets_dir(&config.cluster.state_dir()).join(format!("{name}.json")),
+    );
     state_now.since = unix_now();
     dir.write_state(&state_now)?;
     let _ = std::fs::remove_file(dir.stop_request());

@@ -1,7 +1,9 @@
 //! `ridepulse job list`: each job's state from disk, plus what the outside world says about
-//! its progress — the durable watermark from its checkpoints in ClickHouse and its consumer
-//! lag from the broker. Either may be unreachable; the listing then says `?` rather than
-//! failing, since `job list` is what an operator runs when something is wrong.
+//! its progress — the durable watermark from its checkpoints in ClickHouse, and its consumer
+//! lag and watermark delay from its processes' `/metrics` (the numbers Prometheus scrapes;
+//! from the broker and the checkpoints when no process answers). Any of them may be
+//! unreachable; the listing then says `?` rather than failing, since `job list` is what an
+//! operator runs when something is wrong.
 
 use std::time::Duration;
 
@@ -24,9 +26,11 @@ pub struct JobRow {
     /// Every window ending at or before this time is final in ClickHouse (from the job's
     /// checkpoints), if known.
     pub watermark: Option<String>,
-    /// Messages of ride-events the job has not yet read and written (by its checkpoints),
-    /// if known.
+    /// Messages of ride-events the job has not yet read: its processes' consumer lag from
+    /// `/metrics`, or, when none answers, what its checkpoints have not yet written.
     pub lag: Option<i64>,
+    /// Now minus the job's watermark, in seconds, from its processes' `/metrics`.
+    pub watermark_delay_seconds: Option<f64>,
     /// Why the job is in phase `failed` (the process's `fatal:` line), if it is.
     pub failure: Option<String>,
 }
@@ -50,10 +54,19 @@ pub fn list(config: &Config) -> Vec<JobRow> {
             .as_ref()
             .filter(|s| s.phase == Phase::Failed)
             .and_then(|s| s.last_failure.clone());
+        let health = if matches!(text.as_str(), "running" | "starting" | "restarting") {
+            crate::metrics::scrape::health(
+                &super::metrics_addresses(&dir, &spec, &config.metrics.listen),
+                Duration::from_millis(500),
+            )
+        } else {
+            crate::metrics::scrape::Health::default()
+        };
         rows.push(JobRow {
             failure,
             watermark: watermark(config, &spec.group),
-            lag: lag(config, &spec.group),
+            lag: health.lag.or_else(|| lag(config, &spec.group)),
+            watermark_delay_seconds: health.watermark_delay_seconds,
             restarts: state.as_ref().map_or(0, |s| s.restarts),
             state: text,
             spec,

@@ -79,6 +79,8 @@ const MAX_MESSAGES_PER_ACTIVATION: usize = 4096;
 const QUIET_POLL: Duration = Duration::from_millis(10);
 /// Rows waiting for the writer (per process) above which sources stop reading.
 const MAX_INFLIGHT_ROWS: usize = 60_000;
+/// How often a source records its partitions' lag and clocks for `/metrics`.
+const GAUGES_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A kind of input record: ride events or driver locations.
 pub trait SourceRecord:
@@ -260,6 +262,9 @@ pub struct SourceCounters {
     pub replayed: AtomicU64,
     /// Valid events of cities this job does not own (read, not counted).
     pub other_cities: AtomicU64,
+    /// Per-partition lag, event time and idleness, the watermark, commits and backpressure,
+    /// updated once per activation for `/metrics` (see `crate::metrics`).
+    pub gauges: crate::metrics::SourceGauges,
 }
 
 impl SourceCounters {
@@ -455,6 +460,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
         let counters = shared.counters.clone();
         let max_future_ms = config.max_future.as_millis() as i64;
         let max_drift_ms = config.max_drift.as_millis() as i64;
+        let (mut gauges_at, mut last_activation) = (Instant::now(), Instant::now());
         move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
@@ -464,6 +470,10 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             let now = Instant::now();
             let mut handled = 0;
             let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
+            if backpressure {
+                counters.gauges.add_backpressure(now.saturating_duration_since(last_activation));
+            }
+            last_activation = now;
             while !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
                 let message = match consumer.poll(Duration::ZERO) {
                     None => break,
@@ -585,8 +595,11 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             // A checkpoint was confirmed: commit the same offsets to the consumer group.
             if checkpoint_in_flight.as_ref().is_some_and(|(ticket, _)| ticket.is_done()) {
                 let (_, offsets) = checkpoint_in_flight.take().expect("checked");
-                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
-                    warn!(worker, %error, "offset commit failed (the checkpoint in ClickHouse stands)");
+                match consumer.commit(&offsets, CommitMode::Async) {
+                    Ok(()) => {
+                        counters.gauges.offsets_committed.fetch_add(offsets.count() as u64, Ordering::Relaxed);
+                    }
+                    Err(error) => warn!(worker, %error, "offset commit failed (the checkpoint in ClickHouse stands)"),
                 }
             }
             if checkpoint_in_flight.is_none() && last_checkpoint.elapsed() >= config.checkpoint_interval {
@@ -642,6 +655,21 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                         written_at_us,
                     });
                 }
+            }
+            // For /metrics: this worker's partitions, a few times a second (not per event).
+            if now.saturating_duration_since(gauges_at) >= GAUGES_INTERVAL {
+                gauges_at = now;
+                let partitions = owned.iter().map(|slot| {
+                    let partition = slot.partition as u32;
+                    let high = cached_high_watermark(&consumer, &topic, slot.partition);
+                    let gauge = crate::metrics::PartitionGauge {
+                        lag: high.map(|high| (high - slot.read_to()).max(0)),
+                        max_event_ms: stamper.tracker.max_ms(partition),
+                        idle: stamper.tracker.is_idle(partition, now),
+                    };
+                    (slot.partition, gauge)
+                });
+                counters.gauges.record(&config.topic, partitions, stamper.tracker.published_ms());
             }
             let post = stamper.post_marks(now, &shared.board, slot_on_board);
             if last_marks != Some(post.marks) {

@@ -98,6 +98,14 @@ function render(s) {
   f.dataset.seconds = sec === null ? "" : String(sec);
   f.querySelector(".value").textContent = sec === null ? "no events" : `${fmt(sec, 1)} s`;
   f.className = "freshness " + (sec === null ? "unknown" : sec <= 15 ? "good" : sec <= 60 ? "slow" : "stale");
+  // Lag and watermark delay next to it, from the job processes' /metrics (text only).
+  const p = s.pipeline || {};
+  const lag = p.lag_messages ?? null;
+  const delay = p.watermark_delay_seconds ?? null;
+  $("pipeline").dataset.lag = lag === null ? "" : String(lag);
+  $("pipeline").dataset.delay = delay === null ? "" : String(delay);
+  $("lag").textContent = lag === null ? "no job answering" : `${lag} messages`;
+  $("watermark-delay").textContent = delay === null ? "–" : `${fmt(delay, 0)} s`;
 
   // The latest window (by end) of each city: its cancellation rate decides the highlight.
   const latest = new Map();
