@@ -476,86 +476,112 @@ async fn write_tables(
         insert_dead_letter_rows(d, stats, dead_rows).await?;
     }
     if !batch.metrics.is_empty() {
-        let records: Vec<MetricsRecord> = batch
-            .metrics
-            .iter()
-            .map(|row| MetricsRecord::new(row, d.layout.metrics_ms))
-            .collect();
-        let rejected = insert_isolating(d, stats, "city_metrics", &records).await?;
-        for (index, error) in &rejected {
-            let row = &batch.metrics[*index];
-            error!(city = %row.city, window_start = %row.window_start, %error, "ClickHouse refused a metrics row");
-        }
-        stats
-            .rejected_rows
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        let json: Vec<Vec<u8>> = batch
-            .metrics
-            .iter()
-            .map(|row| serde_json::to_vec(row).expect("rows serialize"))
-            .collect();
-        let messages: Vec<Outgoing<'_>> = batch
-            .metrics
-            .iter()
-            .zip(&json)
-            .map(|(row, bytes)| Outgoing {
-                key: Some(row.city.as_bytes()),
-                payload: bytes,
-                headers: None,
-            })
-            .collect();
-        for (index, error) in deliver(stats, &d.aggregated, &messages)? {
-            let row = &batch.metrics[index];
-            error!(city = %row.city, window_start = %row.window_start, %error, "analytics-aggregated refused a row");
-        }
-        let finals = batch.metrics.iter().filter(|r| r.is_final == 1).count();
+        let finals = write_result_rows(
+            d,
+            stats,
+            "city_metrics",
+            &d.aggregated,
+            &batch.metrics,
+            |row| MetricsRecord::new(row, d.layout.metrics_ms),
+        )
+        .await?;
         stats
             .metrics
             .fetch_add(batch.metrics.len() as u64, Ordering::Relaxed);
-        stats.finals.fetch_add(finals as u64, Ordering::Relaxed);
+        stats.finals.fetch_add(finals, Ordering::Relaxed);
     }
     if !batch.supply.is_empty() {
-        let records: Vec<SupplyRecord> = batch
-            .supply
-            .iter()
-            .map(|row| SupplyRecord::new(row, d.layout.supply_ms))
-            .collect();
-        let rejected = insert_isolating(d, stats, "city_supply", &records).await?;
-        for (index, error) in &rejected {
-            let row = &batch.supply[*index];
-            error!(city = %row.city, minute = %row.minute, %error, "ClickHouse refused a supply row");
-        }
-        stats
-            .rejected_rows
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        let json: Vec<Vec<u8>> = batch
-            .supply
-            .iter()
-            .map(|row| serde_json::to_vec(row).expect("rows serialize"))
-            .collect();
-        let messages: Vec<Outgoing<'_>> = batch
-            .supply
-            .iter()
-            .zip(&json)
-            .map(|(row, bytes)| Outgoing {
-                key: Some(row.city.as_bytes()),
-                payload: bytes,
-                headers: None,
-            })
-            .collect();
-        for (index, error) in deliver(stats, &d.city_supply, &messages)? {
-            let row = &batch.supply[index];
-            error!(city = %row.city, minute = %row.minute, %error, "city-supply refused a row");
-        }
-        let finals = batch.supply.iter().filter(|r| r.is_final == 1).count();
+        let finals = write_result_rows(
+            d,
+            stats,
+            "city_supply",
+            &d.city_supply,
+            &batch.supply,
+            |row| SupplyRecord::new(row, d.layout.supply_ms),
+        )
+        .await?;
         stats
             .supply
             .fetch_add(batch.supply.len() as u64, Ordering::Relaxed);
-        stats
-            .supply_finals
-            .fetch_add(finals as u64, Ordering::Relaxed);
+        stats.supply_finals.fetch_add(finals, Ordering::Relaxed);
     }
     Ok(dead)
+}
+
+/// A result row of the job (SPEC §4's metrics, SPEC §5's supply): upserted into its table and
+/// sent as JSON, keyed by city, to its topic.
+trait ResultRow: serde::Serialize {
+    fn city(&self) -> &str;
+    /// The row's window or minute, for log lines.
+    fn when(&self) -> String;
+    fn is_final(&self) -> bool;
+}
+
+impl ResultRow for CityMetricsRow {
+    fn city(&self) -> &str {
+        &self.city
+    }
+    fn when(&self) -> String {
+        self.window_start.to_string()
+    }
+    fn is_final(&self) -> bool {
+        self.is_final == 1
+    }
+}
+
+impl ResultRow for CitySupplyRow {
+    fn city(&self) -> &str {
+        &self.city
+    }
+    fn when(&self) -> String {
+        self.minute.to_string()
+    }
+    fn is_final(&self) -> bool {
+        self.is_final == 1
+    }
+}
+
+/// Writes result rows to `table` (a row ClickHouse refuses is logged and counted) and to
+/// `producer`'s topic; returns how many of them are final.
+async fn write_result_rows<Row, Record>(
+    d: &Destinations,
+    stats: &WriterStats,
+    table: &str,
+    producer: &CountingProducer,
+    rows: &[Row],
+    record: impl Fn(&Row) -> Record,
+) -> Result<u64, String>
+where
+    Row: ResultRow,
+    Record: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let records: Vec<Record> = rows.iter().map(record).collect();
+    let rejected = insert_isolating(d, stats, table, &records).await?;
+    for (index, error) in &rejected {
+        let row = &rows[*index];
+        error!(city = %row.city(), at = %row.when(), table, %error, "ClickHouse refused a result row");
+    }
+    stats
+        .rejected_rows
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    let json: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|row| serde_json::to_vec(row).expect("rows serialize"))
+        .collect();
+    let messages: Vec<Outgoing<'_>> = rows
+        .iter()
+        .zip(&json)
+        .map(|(row, bytes)| Outgoing {
+            key: Some(row.city().as_bytes()),
+            payload: bytes,
+            headers: None,
+        })
+        .collect();
+    for (index, error) in deliver(stats, producer, &messages)? {
+        let row = &rows[index];
+        error!(city = %row.city(), at = %row.when(), topic = %producer.topic(), %error, "the topic refused a result row");
+    }
+    Ok(rows.iter().filter(|r| r.is_final()).count() as u64)
 }
 
 /// Sends `dead` to the dead-letter topic (counted once delivered); returns the ones the

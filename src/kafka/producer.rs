@@ -184,6 +184,11 @@ impl CountingProducer {
         })
     }
 
+    /// The topic it writes to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// The delivery counters.
     pub fn stats(&self) -> &Arc<DeliveryStats> {
         &self.stats
