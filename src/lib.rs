@@ -2,10 +2,10 @@
 //! a timely dataflow job.
 //!
 //! ```text
-//! ride service ──► Kafka ──► timely dataflow job ──► ClickHouse ──► dashboards
-//!  (simulator)     ride-events 12p          (workers)     city_metrics, ride_events
-//!                  driver-locations 24p
-//!                  analytics-aggregated 6p ◄── aggregates also go back to Kafka
+//! ride service ──► Kafka ──► timely/differential job ──► ClickHouse ──► dashboards
+//!  (simulator)     ride-events 12p        (workers)     city_metrics, city_supply,
+//!                  driver-locations 24p                 ride_events
+//!                  analytics-aggregated 6p, city-supply 6p ◄── results also go back to Kafka
 //! ```
 //!
 //! A tour of this package (the pure dataflows and the event contract are in the
@@ -18,8 +18,8 @@
 //!   and the writer thread that makes every write durable, with retries.
 //! - [`sinks`]: the sink operators (ClickHouse + Kafka) that report durability back to the
 //!   source, which commits offsets behind it.
-//! - [`job`]: `ridepulse run`, one process of the city-metrics job (Kafka source →
-//!   dataflow → sinks).
+//! - [`pipeline`]: `ridepulse run`, one process of a running job (both topics' sources →
+//!   the city-metrics and supply dataflows → sinks).
 //! - [`cluster`]: the layout (`workers.toml`) and timely's cluster configuration from it.
 //! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
 //!   that restarts them from their checkpoints.
@@ -38,10 +38,10 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod file_source;
-pub mod job;
 pub mod jobs;
 pub mod kafka;
 pub mod metrics;
+pub mod pipeline;
 pub mod simulator;
 pub mod sinks;
 pub mod telemetry;

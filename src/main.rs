@@ -258,10 +258,10 @@ struct ConsumeArgs {
 fn main() {
     ridepulse::telemetry::init();
     if let Err(error) = run(Cli::parse()) {
-        if let Some(fatal) = error.downcast_ref::<ridepulse::job::JobFatal>() {
+        if let Some(fatal) = error.downcast_ref::<ridepulse::pipeline::JobFatal>() {
             // The supervisor reads this line and backs off instead of restarting in a loop.
             eprintln!("fatal: {fatal}");
-            std::process::exit(ridepulse::job::FATAL_EXIT_CODE);
+            std::process::exit(ridepulse::pipeline::FATAL_EXIT_CODE);
         }
         eprintln!("error: {error:#}");
         std::process::exit(1);
@@ -363,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layout
                 .timely_config(args.process)
                 .map_err(anyhow::Error::msg)?;
-            let options = ridepulse::job::RunOptions {
+            let options = ridepulse::pipeline::RunOptions {
                 cities: ridepulse::jobs::parse_cities(&args.cities)?,
                 dead_letters: !args.no_dead_letters,
                 files: args.from_file.clone(),
@@ -379,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 from_beginning: args.from_beginning,
             };
             // stdout is line-buffered: a live run's rows show as they are emitted.
-            let summary = ridepulse::job::run(&config, &options, std::io::stdout())?;
+            let summary = ridepulse::pipeline::run(&config, &options, std::io::stdout())?;
             eprintln!(
                 "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={}",
                 summary.events,

@@ -436,7 +436,10 @@ fn a_job_fatal_error_stops_the_job_once_and_the_supervisor_backs_off() {
         .with("cluster.layout", layout.to_str().unwrap())
         .with("clickhouse.user", "nobody_at_all");
     let output = bad.try_run(&["run", "--until-end", "--group", "fatal-direct"]);
-    assert_eq!(output.status.code(), Some(ridepulse::job::FATAL_EXIT_CODE));
+    assert_eq!(
+        output.status.code(),
+        Some(ridepulse::pipeline::FATAL_EXIT_CODE)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("fatal: ") && stderr.contains("nobody_at_all"),

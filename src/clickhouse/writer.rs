@@ -22,7 +22,7 @@
 //!   with the server's message (reason `rejected_by_clickhouse`);
 //! - failures no retry can fix (schema, credentials, disk full, authorization) are kept in
 //!   [`Writer::fatal`]; the job stops with that one message and exit code
-//!   [`crate::job::FATAL_EXIT_CODE`], which tells the supervisor not to restart it in a loop.
+//!   [`crate::pipeline::FATAL_EXIT_CODE`], which tells the supervisor not to restart it in a loop.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use super::{signal, unix_now, JobDir, JobSpec, JobState, Phase};
-use crate::job::FATAL_EXIT_CODE;
+use crate::pipeline::FATAL_EXIT_CODE;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
