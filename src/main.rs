@@ -275,45 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     match cli.command {
-        Command::Topics {
-            action: TopicsAction::Create,
-        } => {
-            for (spec, outcome) in topics::create(&config)? {
-                let configs: Vec<String> = spec
-                    .configs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let what = match outcome {
-                    topics::Outcome::Created => "created",
-                    topics::Outcome::Existed => "exists ",
-                };
-                println!(
-                    "{what} {:<24} partitions={:<3} {}",
-                    spec.name,
-                    spec.partitions,
-                    configs.join(" ")
-                );
-            }
-        }
-        Command::Topics {
-            action: TopicsAction::List,
-        } => {
-            for (spec, info) in topics::contract_topics(&config)
-                .iter()
-                .zip(topics::list(&config)?)
-            {
-                match info {
-                    Some(info) => println!(
-                        "{:<24} partitions={:<3} messages={}",
-                        info.name,
-                        info.partitions.len(),
-                        info.messages()
-                    ),
-                    None => println!("{:<24} missing (run `ridepulse topics create`)", spec.name),
-                }
-            }
-        }
+        Command::Topics { action } => topics_command(&config, action)?,
         Command::Simulate(args) => simulate(&config, args)?,
         Command::Job { action } => job(&config, action)?,
         Command::Bench(options) => ridepulse::bench::run(&config, &options)?,
@@ -380,86 +342,111 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // stdout is line-buffered: a live run's rows show as they are emitted.
             let summary = ridepulse::pipeline::run(&config, &options, std::io::stdout())?;
-            eprintln!(
-                "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={}",
-                summary.events,
-                summary.late,
-                summary.invalid,
-                summary.invalid_by_reason,
-                summary.retention_gap,
-                summary.rejected_events,
-                summary.replayed,
-                summary.other_cities,
-                summary.written_events,
-                summary.dead_letters,
-                summary.rows,
-                summary.finals,
-                summary.retries,
-                summary.elapsed.as_secs_f64(),
-                summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-                summary.locations,
-                summary.late_locations,
-                summary.invalid_locations,
-                summary.supply_rows,
-                summary.supply_finals
-            );
+            eprintln!("{summary}");
         }
-        Command::Consume(args) => {
-            let topic = args
-                .topic
-                .unwrap_or_else(|| config.topics.ride_events.clone());
-            if let Some(duration) = args.follow {
-                let stats = plain_consumer::follow(&config.kafka.brokers, &topic, duration)?;
+        Command::Consume(args) => consume(&config, args)?,
+    }
+    Ok(())
+}
+
+/// `ridepulse topics create|list`: one line per topic of SPEC §1.
+fn topics_command(config: &Config, action: TopicsAction) -> anyhow::Result<()> {
+    match action {
+        TopicsAction::Create => {
+            for (spec, outcome) in topics::create(config)? {
+                let configs: Vec<String> = spec
+                    .configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let what = match outcome {
+                    topics::Outcome::Created => "created",
+                    topics::Outcome::Existed => "exists ",
+                };
                 println!(
-                    "topic={topic} messages={} latency_ms_p50={} latency_ms_p95={} latency_ms_p99={} latency_ms_max={}",
-                    stats.messages,
-                    stats.quantile(0.5),
-                    stats.quantile(0.95),
-                    stats.quantile(0.99),
-                    stats.quantile(1.0)
+                    "{what} {:<24} partitions={:<3} {}",
+                    spec.name,
+                    spec.partitions,
+                    configs.join(" ")
                 );
-                return Ok(());
-            }
-            let mut printed = 0;
-            let (mut valid, mut invalid) = (0u64, 0u64);
-            let is_ride_events = topic == config.topics.ride_events;
-            let stats = plain_consumer::read_backlog(
-                &config.kafka.brokers,
-                &topic,
-                Duration::from_secs(30),
-                |message| {
-                    use rdkafka::Message;
-                    let payload = message.payload().unwrap_or_default();
-                    if is_ride_events {
-                        match dataflows::event::RideEvent::parse(payload) {
-                            Ok(_) => valid += 1,
-                            Err(_) => invalid += 1,
-                        }
-                    }
-                    if printed < args.print {
-                        printed += 1;
-                        println!(
-                            "p{} @{} {}",
-                            message.partition(),
-                            message.offset(),
-                            String::from_utf8_lossy(payload)
-                        );
-                    }
-                },
-            )?;
-            println!(
-                "topic={topic} partitions={} messages={} bytes={} seconds={:.3} messages_per_sec={:.0} longest_pause_ms={:.1}",
-                stats.partitions,
-                stats.messages,
-                stats.bytes,
-                stats.elapsed.as_secs_f64(),
-                stats.rate(),
-                stats.longest_pause.as_secs_f64() * 1000.0
-            );
-            if is_ride_events {
-                println!("valid_events={valid} invalid_messages={invalid}");
             }
         }
+        TopicsAction::List => {
+            for (spec, info) in topics::contract_topics(config)
+                .iter()
+                .zip(topics::list(config)?)
+            {
+                match info {
+                    Some(info) => println!(
+                        "{:<24} partitions={:<3} messages={}",
+                        info.name,
+                        info.partitions.len(),
+                        info.messages()
+                    ),
+                    None => println!("{:<24} missing (run `ridepulse topics create`)", spec.name),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ridepulse consume`: a topic's backlog (or, with --follow, its delivery latency) as one
+/// `key=value` line.
+fn consume(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
+    let topic = args
+        .topic
+        .unwrap_or_else(|| config.topics.ride_events.clone());
+    if let Some(duration) = args.follow {
+        let stats = plain_consumer::follow(&config.kafka.brokers, &topic, duration)?;
+        println!(
+            "topic={topic} messages={} latency_ms_p50={} latency_ms_p95={} latency_ms_p99={} latency_ms_max={}",
+            stats.messages,
+            stats.quantile(0.5),
+            stats.quantile(0.95),
+            stats.quantile(0.99),
+            stats.quantile(1.0)
+        );
+        return Ok(());
+    }
+    let mut printed = 0;
+    let (mut valid, mut invalid) = (0u64, 0u64);
+    let is_ride_events = topic == config.topics.ride_events;
+    let stats = plain_consumer::read_backlog(
+        &config.kafka.brokers,
+        &topic,
+        Duration::from_secs(30),
+        |message| {
+            use rdkafka::Message;
+            let payload = message.payload().unwrap_or_default();
+            if is_ride_events {
+                match dataflows::event::RideEvent::parse(payload) {
+                    Ok(_) => valid += 1,
+                    Err(_) => invalid += 1,
+                }
+            }
+            if printed < args.print {
+                printed += 1;
+                println!(
+                    "p{} @{} {}",
+                    message.partition(),
+                    message.offset(),
+                    String::from_utf8_lossy(payload)
+                );
+            }
+        },
+    )?;
+    println!(
+        "topic={topic} partitions={} messages={} bytes={} seconds={:.3} messages_per_sec={:.0} longest_pause_ms={:.1}",
+        stats.partitions,
+        stats.messages,
+        stats.bytes,
+        stats.elapsed.as_secs_f64(),
+        stats.rate(),
+        stats.longest_pause.as_secs_f64() * 1000.0
+    );
+    if is_ride_events {
+        println!("valid_events={valid} invalid_messages={invalid}");
     }
     Ok(())
 }
@@ -503,14 +490,7 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         for (path, kind, topic) in files {
             let Some(path) = path else { continue };
             let summary = simulator::replay_file(config, path, kind)?;
-            let lines = summary.ride_events + summary.locations;
-            println!(
-                "replayed {lines} lines from {} into {topic} in {:.2}s ({:.0} msgs/s), delivery errors: {}",
-                path.display(),
-                summary.elapsed.as_secs_f64(),
-                lines as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-                summary.errors
-            );
+            println!("{}", summary.replay_report(path, topic));
         }
         return Ok(());
     }
@@ -574,14 +554,7 @@ fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         (Some(path), None) => path.display().to_string(),
         (None, _) => config.topics.ride_events.clone(),
     };
-    println!(
-        "ride_events={} to {target}, driver_locations={}, delivery_errors={}, seconds={:.2}, events_per_sec={:.0}",
-        summary.ride_events,
-        summary.locations,
-        summary.errors,
-        summary.elapsed.as_secs_f64(),
-        summary.rate()
-    );
+    println!("{}", summary.report(&target));
     Ok(())
 }
 
@@ -625,69 +598,15 @@ fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
                 layout: workers,
                 wait,
             };
-            let spec = jobs::submit(config, &request)?;
-            println!(
-                "job {} running: cities {}, {} processes x {} workers, group {}{}",
-                spec.name,
-                spec.cities_text(),
-                spec.processes.len(),
-                spec.processes[0].workers,
-                spec.group,
-                if spec.dead_letters {
-                    ", writes dead letters"
-                } else {
-                    ""
-                }
-            );
-            println!(
-                "logs: ridepulse job logs {0}    stop: ridepulse job stop {0}",
-                spec.name
-            );
+            print!("{}", jobs::submit(config, &request)?.submitted_text());
         }
-        JobAction::List => {
-            println!(
-                "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8} {:>9}",
-                "NAME", "CITIES", "PROCESSES", "STATE", "RESTARTS", "WATERMARK", "LAG", "WM DELAY"
-            );
-            for row in jobs::status::list(config) {
-                println!(
-                    "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8} {:>9}",
-                    row.spec.name,
-                    row.spec.cities_text(),
-                    format!(
-                        "{}x{}",
-                        row.spec.processes.len(),
-                        row.spec.processes[0].workers
-                    ),
-                    row.state,
-                    row.restarts,
-                    row.watermark.unwrap_or_else(|| "?".into()),
-                    row.lag.map_or_else(|| "?".into(), |l| l.to_string()),
-                    row.watermark_delay_seconds
-                        .map_or_else(|| "?".into(), |d| format!("{d:.0}s"))
-                );
-                if let Some(failure) = row.failure {
-                    println!("  failed: {failure}");
-                }
-            }
-        }
+        JobAction::List => print!("{}", jobs::status::table(&jobs::status::list(config))),
         JobAction::Logs { name, lines } => {
             let dir = JobDir::new(&config.cluster.state_dir(), &name);
             let spec = dir
                 .spec()
                 .with_context(|| format!("no job named `{name}`"))?;
-            let mut logs = vec![("supervisor".to_string(), dir.supervisor_log())];
-            for index in 0..spec.processes.len() {
-                logs.push((format!("process {index}"), dir.process_log(index)));
-            }
-            for (what, path) in logs {
-                println!("==> {what}: {} <==", path.display());
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let all: Vec<&str> = text.lines().collect();
-                for line in &all[all.len().saturating_sub(lines)..] {
-                    println!("{line}");
-                }
-            }
+            print!("{}", dir.logs_tail(&spec, lines));
         }
         JobAction::Stop { name } => {
             jobs::stop(config, &name, Duration::from_secs(30))?;

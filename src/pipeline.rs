@@ -143,6 +143,37 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+/// The line `ridepulse run` prints on stderr when it ends (tests and scripts read its
+/// `key=value` fields).
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={}",
+            self.events,
+            self.late,
+            self.invalid,
+            self.invalid_by_reason,
+            self.retention_gap,
+            self.rejected_events,
+            self.replayed,
+            self.other_cities,
+            self.written_events,
+            self.dead_letters,
+            self.rows,
+            self.finals,
+            self.retries,
+            self.elapsed.as_secs_f64(),
+            self.events as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.locations,
+            self.late_locations,
+            self.invalid_locations,
+            self.supply_rows,
+            self.supply_finals
+        )
+    }
+}
+
 /// Loads the newest checkpoint of each partition of `topic` for `group`.
 pub async fn load_resume(
     config: &Config,

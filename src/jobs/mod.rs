@@ -53,6 +53,25 @@ impl JobSpec {
             |c| c.iter().cloned().collect::<Vec<_>>().join(","),
         )
     }
+
+    /// What `ridepulse job submit` prints once the job runs: its shape, and how to follow
+    /// and stop it.
+    pub fn submitted_text(&self) -> String {
+        format!(
+            "job {} running: cities {}, {} processes x {} workers, group {}{}\n\
+             logs: ridepulse job logs {0}    stop: ridepulse job stop {0}\n",
+            self.name,
+            self.cities_text(),
+            self.processes.len(),
+            self.processes[0].workers,
+            self.group,
+            if self.dead_letters {
+                ", writes dead letters"
+            } else {
+                ""
+            },
+        )
+    }
 }
 
 /// Where a job is in its life.
@@ -145,6 +164,27 @@ impl JobDir {
     /// The supervisor's log.
     pub fn supervisor_log(&self) -> PathBuf {
         self.file("logs/supervisor.log")
+    }
+
+    /// What `ridepulse job logs` prints: the last `lines` lines of the supervisor's log and
+    /// of each of `spec`'s processes' logs, each under a `==> what: path <==` header (a
+    /// missing log shows as empty).
+    pub fn logs_tail(&self, spec: &JobSpec, lines: usize) -> String {
+        let mut logs = vec![("supervisor".to_string(), self.supervisor_log())];
+        for index in 0..spec.processes.len() {
+            logs.push((format!("process {index}"), self.process_log(index)));
+        }
+        let mut out = String::new();
+        for (what, path) in logs {
+            out.push_str(&format!("==> {what}: {} <==\n", path.display()));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The file whose existence asks the supervisor to stop.

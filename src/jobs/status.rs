@@ -35,6 +35,47 @@ pub struct JobRow {
     pub failure: Option<String>,
 }
 
+/// `job list`'s table: a header, one line per job, and under a failed job why it failed.
+pub fn table(rows: &[JobRow]) -> String {
+    let line = |cells: [&str; 8]| {
+        format!(
+            "{:<16} {:<28} {:<10} {:<10} {:>8}  {:<16} {:>8} {:>9}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
+    let mut out = line([
+        "NAME",
+        "CITIES",
+        "PROCESSES",
+        "STATE",
+        "RESTARTS",
+        "WATERMARK",
+        "LAG",
+        "WM DELAY",
+    ]);
+    for row in rows {
+        out.push_str(&line([
+            &row.spec.name,
+            &row.spec.cities_text(),
+            &format!(
+                "{}x{}",
+                row.spec.processes.len(),
+                row.spec.processes[0].workers
+            ),
+            &row.state,
+            &row.restarts.to_string(),
+            row.watermark.as_deref().unwrap_or("?"),
+            &row.lag.map_or_else(|| "?".into(), |l| l.to_string()),
+            &row.watermark_delay_seconds
+                .map_or_else(|| "?".into(), |d| format!("{d:.0}s")),
+        ]));
+        if let Some(failure) = &row.failure {
+            out.push_str(&format!("  failed: {failure}\n"));
+        }
+    }
+    out
+}
+
 /// Every job in the state directory.
 pub fn list(config: &Config) -> Vec<JobRow> {
     let mut rows = Vec::new();
@@ -128,4 +169,66 @@ fn lag(config: &Config, group: &str) -> Option<i64> {
         lag += (high - at).max(0);
     }
     Some(lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ProcessSpec;
+
+    fn spec(name: &str, cities: Option<&[&str]>) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            cities: cities.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            dead_letters: true,
+            group: format!("ridepulse-{name}"),
+            processes: vec![
+                ProcessSpec {
+                    address: "127.0.0.1:2101".into(),
+                    workers: 2,
+                    metrics: None,
+                };
+                2
+            ],
+            submitted_at: 0,
+        }
+    }
+
+    /// The table is exactly what `main.rs` printed before it moved here (issue 15), the
+    /// widths written out by hand.
+    #[test]
+    fn the_job_table_keeps_its_columns() {
+        let rows = [
+            JobRow {
+                spec: spec("east", Some(&["brno", "kosice"])),
+                state: "running".into(),
+                restarts: 3,
+                watermark: Some("2026-11-26 14:00:00".into()),
+                lag: Some(1234),
+                watermark_delay_seconds: Some(7.4),
+                failure: None,
+            },
+            JobRow {
+                spec: spec("all", None),
+                state: "failed".into(),
+                restarts: 0,
+                watermark: None,
+                lag: None,
+                watermark_delay_seconds: None,
+                failure: Some("cannot read the layout".into()),
+            },
+        ];
+        let expected = concat!(
+            "NAME             CITIES                       PROCESSES  STATE      RESTARTS  WATERMARK             LAG  WM DELAY\n",
+            "east             brno,kosice                  2x2        running           3  2026-11-26 14:00:00     1234        7s\n",
+            "all              *                            2x2        failed            0  ?                       ?         ?\n",
+            "  failed: cannot read the layout\n",
+        );
+        assert_eq!(table(&rows), expected);
+        assert_eq!(
+            rows[0].spec.submitted_text(),
+            "job east running: cities brno,kosice, 2 processes x 2 workers, group ridepulse-east, \
+             writes dead letters\nlogs: ridepulse job logs east    stop: ridepulse job stop east\n"
+        );
+    }
 }

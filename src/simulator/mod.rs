@@ -48,6 +48,30 @@ impl Summary {
     pub fn rate(&self) -> f64 {
         self.ride_events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The line `ridepulse simulate` prints at the end of a run written to `target`.
+    pub fn report(&self, target: &str) -> String {
+        format!(
+            "ride_events={} to {target}, driver_locations={}, delivery_errors={}, seconds={:.2}, events_per_sec={:.0}",
+            self.ride_events,
+            self.locations,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.rate()
+        )
+    }
+
+    /// The line `ridepulse simulate --replay` prints for one file replayed into `topic`.
+    pub fn replay_report(&self, path: &Path, topic: &str) -> String {
+        let lines = self.ride_events + self.locations;
+        format!(
+            "replayed {lines} lines from {} into {topic} in {:.2}s ({:.0} msgs/s), delivery errors: {}",
+            path.display(),
+            self.elapsed.as_secs_f64(),
+            lines as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.errors
+        )
+    }
 }
 
 /// When to stop generating.
