@@ -2,8 +2,14 @@
 //! chromedriver by `tests/browser/check_dashboard.py`) against the running pipeline: the
 //! numbers on the page equal ClickHouse's for the same cities and window, the page updates
 //! itself when new events go through the pipeline, an unreachable ClickHouse shows a
-//! notice, and a screenshot is saved as a test artifact
-//! (`$CARGO_TARGET_TMPDIR/dashboard.png`). Some rides carry a hostile city name
+//! notice, and a screenshot of a second dashboard over a realistic simulator run
+//! ([`realistic`]) is saved as a test artifact (`$CARGO_TARGET_TMPDIR/dashboard.png`;
+//! `docs/dashboard.png` is a copy of one).
+//!
+//! The charts (uPlot): every chart draws the five cities with the most events in the last
+//! hour and lists the others hidden; clicking a city's legend entry hides it on every chart
+//! and clicking again shows it (kept across redraws); hovering a point of a known supply row
+//! shows exactly its value and its minute's end time in the legend. Some rides carry a hostile city name
 //! ([`HOSTILE_CITY`], markup with an `onerror` handler): the page must show it as text in the
 //! city table and the chart legends, and no script or element may come out of it.
 //!
@@ -100,6 +106,96 @@ fn supply_rows(now_s: i64) -> Vec<String> {
     rows
 }
 
+/// Bratislava's known rows of [`supply_rows`] (minute as Unix seconds, earliest first), for
+/// the browser's hover check: a hovered point must show exactly these numbers.
+fn bratislava_rows(now_s: i64) -> String {
+    let rows: Vec<serde_json::Value> = supply_rows(now_s)
+        .iter()
+        .map(|row| serde_json::from_str::<serde_json::Value>(row).unwrap())
+        .filter(|row| row["city"] == "bratislava")
+        .map(|mut row| {
+            let minute = chrono::NaiveDateTime::parse_from_str(
+                row["minute"].as_str().unwrap(),
+                "%Y-%m-%d %H:%M:%S",
+            )
+            .unwrap()
+            .and_utc()
+            .timestamp();
+            row["minute"] = minute.into();
+            row
+        })
+        .collect();
+    serde_json::Value::from(rows).to_string()
+}
+
+/// A second pipeline for the screenshot kept in `docs/dashboard.png`: fifteen minutes of
+/// simulated rides and driver locations ending about when the browser looks (a demand surge
+/// and a driver drop in bratislava), run from files through the job into a namespace of its
+/// own. The test's own rows (the hostile city, the hand-written supply rows) would not show
+/// what the page is for.
+///
+/// A file run ends the input, so the job also writes the supply of the minutes after the
+/// last event (riders still waiting, no driver reporting any more); those rows are left out,
+/// so that the page looks as it did while the run was live.
+fn realistic(dir: &Path) -> Namespace {
+    let ns = Namespace::new("dashboard-docs");
+    ns.create_topics();
+    ns.migrate();
+    let (rides, locations) = (
+        dir.join("docs-rides.jsonl"),
+        dir.join("docs-locations.jsonl"),
+    );
+    // The screenshot is taken some 40 s from here: the newest event is then ~10 s old.
+    let end_ms = chrono::Utc::now().timestamp_millis() / 1000 * 1000 + 30_000;
+    let start = dataflows::event::Timestamp(end_ms - 15 * 60_000).to_string();
+    ns.run(&[
+        "simulate",
+        "--out",
+        rides.to_str().unwrap(),
+        "--locations-out",
+        locations.to_str().unwrap(),
+        "--count",
+        "15000",
+        "--rate",
+        "1000",
+        "--drivers",
+        "400",
+        "--seed",
+        "15",
+        "--start",
+        &start,
+        "--surge",
+        "bratislava:3:4m:11m",
+        "--supply-drop",
+        "bratislava:0.7:6m:13m",
+    ]);
+    let summary = summary_of(&ns.try_run(&[
+        "run",
+        "--from-file",
+        rides.to_str().unwrap(),
+        "--locations-file",
+        locations.to_str().unwrap(),
+        "-w",
+        "2",
+    ]));
+    assert_eq!(
+        field::<u64>(&summary, "written_events"),
+        15_000,
+        "{summary}"
+    );
+    let live = format!("toUInt32(minute) + 60 <= {}", end_ms / 1000);
+    for sql in [
+        "CREATE TABLE city_supply_live AS city_supply".to_string(),
+        format!("INSERT INTO city_supply_live SELECT * FROM city_supply WHERE {live}"),
+        "TRUNCATE TABLE city_supply".into(),
+        "INSERT INTO city_supply SELECT * FROM city_supply_live".into(),
+        "DROP TABLE city_supply_live".into(),
+    ] {
+        ns.run(&["query", &sql]);
+    }
+    ns
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -151,8 +247,10 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
     ns.run(&["query", CLEAR_SUPPLY]);
     ns.run(&["query", &insert(&supply_rows(now / 1000))]);
 
-    let (port, down_port) = (free_port(), free_port());
+    let docs = realistic(&dir);
+    let (port, down_port, docs_port) = (free_port(), free_port(), free_port());
     let _dashboard = dashboard(&ns, port);
+    let _docs = dashboard(&docs, docs_port);
     let unreachable = ns.with("clickhouse.url", "http://127.0.0.1:1");
     let _down = dashboard(&unreachable, down_port);
 
@@ -177,6 +275,9 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
         sql = known_sql.display(),
     ));
 
+    let known_rows = dir.join("bratislava_supply.json");
+    std::fs::write(&known_rows, bratislava_rows(now / 1000)).unwrap();
+
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let python = common::python();
@@ -190,6 +291,9 @@ fn the_dashboard_shows_clickhouses_numbers_and_updates_itself() {
         .arg(format!("http://127.0.0.1:{down_port}/"))
         .arg(HOSTILE_CITY)
         .arg(root.join("sql/where_riders_wait_now.sql"))
+        .arg(&known_rows)
+        .arg(format!("http://127.0.0.1:{docs_port}/"))
+        .arg(&docs.config.clickhouse.database)
         .arg("--")
         .args(&more_events)
         .output()

@@ -1,15 +1,20 @@
 //! `ridepulse dashboard`: the live picture without Grafana, served by the binary itself.
 //!
-//! A page (HTML, CSS and JavaScript compiled into the binary; no CDN, no chart library: the
-//! charts are plain SVG) polls `/api/snapshot` every two seconds and redraws in place. The
+//! A page (HTML, CSS and JavaScript compiled into the binary, the chart library uPlot
+//! included: vendored from the npm registry by `scripts/vendor-uplot`, so no CDN and no
+//! network at run time) polls `/api/snapshot` every two seconds and redraws in place. The
 //! snapshot (`queries.rs`) holds the same panels as the Grafana dashboard: pipeline
 //! freshness, the city table of the last hour, ride requests per minute, cancellation and
 //! completion rates with the alert threshold, average fare, unique riders, late events and
 //! dead letters, and supply and demand (SPEC §5: where riders wait now, the cities under
 //! pressure first; available drivers, waiting riders and pressure per city over time, the
 //! pressure threshold drawn). Next to freshness: consumer lag and watermark delay, read
-//! from the job processes' `/metrics` (see `metrics::scrape`). When ClickHouse does not answer, the API says so (HTTP 503 with the reason)
-//! and the page keeps its last numbers under a visible notice.
+//! from the job processes' `/metrics` (see `metrics::scrape`). When ClickHouse does not
+//! answer, the API says so (HTTP 503 with the reason) and the page keeps its last numbers
+//! under a visible notice. The charts show a hovered point's values in their legend, hide
+//! and show a city when its legend entry is clicked (on every chart at once), draw the five
+//! busiest cities of the last hour by default, and say on the time axis whether a point is
+//! a window's end, a minute's start or a minute's end state.
 //!
 //! The HTTP server is `tiny_http` on a few threads: the page is for a handful of viewers, and
 //! each request is one round of ClickHouse queries.
@@ -28,6 +33,9 @@ use queries::{snapshot, SnapshotRequest};
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+/// uPlot, the chart library, vendored from the npm registry by `scripts/vendor-uplot`.
+const UPLOT_JS: &str = include_str!("assets/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/vendor/uplot/uPlot.min.css");
 /// Request-handling threads (each request waits on ClickHouse, so more than one).
 const THREADS: usize = 4;
 /// How long one snapshot may take before the page is told ClickHouse is not answering.
@@ -101,6 +109,10 @@ async fn respond(
         "/" | "/index.html" => with_type(INDEX_HTML, 200, "text/html; charset=utf-8"),
         "/app.js" => with_type(APP_JS, 200, "text/javascript; charset=utf-8"),
         "/style.css" => with_type(STYLE_CSS, 200, "text/css; charset=utf-8"),
+        "/vendor/uplot/uPlot.iife.min.js" => {
+            with_type(UPLOT_JS, 200, "text/javascript; charset=utf-8")
+        }
+        "/vendor/uplot/uPlot.min.css" => with_type(UPLOT_CSS, 200, "text/css; charset=utf-8"),
         "/api/snapshot" => {
             let wanted = SnapshotRequest {
                 minutes: options.minutes,

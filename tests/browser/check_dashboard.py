@@ -2,9 +2,14 @@
 against a running `ridepulse dashboard`, the way an ops engineer looks at it.
 
 Usage: check_dashboard.py DASHBOARD_URL CLICKHOUSE_URL DATABASE SCREENSHOT SQL_FILE
-                          DOWN_URL HOSTILE_CITY SUPPLY_SQL_FILE -- MORE_EVENTS_COMMAND...
+                          DOWN_URL HOSTILE_CITY SUPPLY_SQL_FILE KNOWN_ROWS_JSON
+                          DOCS_URL DOCS_DATABASE -- MORE_EVENTS_COMMAND...
 
-1. Waits for live data on the page, then checks that every number of the "cities in the
+0. Opens DOCS_URL (a dashboard over a realistic simulator run in DOCS_DATABASE), shows
+   bratislava (its surge and driver drop) by clicking its legend entry, hovers a point of
+   the busiest city's requests (its legend value must equal ClickHouse's count for that
+   city and minute) and saves a full-page screenshot to SCREENSHOT.
+1. Opens DASHBOARD_URL, waits for live data on the page, then checks that every number of the "cities in the
    last hour" table equals what ClickHouse returns for SQL_FILE (the same city and window),
    and that the freshness shown is ClickHouse's now() minus its newest event time.
    HOSTILE_CITY (a city of some of the events: markup whose `onerror` sets window.__pwned)
@@ -14,12 +19,18 @@ Usage: check_dashboard.py DASHBOARD_URL CLICKHOUSE_URL DATABASE SCREENSHOT SQL_F
    row in its order (cities under pressure first); exactly the rows above the pressure
    threshold (or with riders waiting and no driver available) are highlighted; the pressure
    chart draws its threshold; HOSTILE_CITY is text there too.
-2. Saves a screenshot to SCREENSHOT.
-3. Runs MORE_EVENTS_COMMAND (which writes new events through the pipeline, and a newer
+   The charts (uPlot, read through window.ridepulseCharts): each city chart draws exactly
+   the five cities with the most events in ClickHouse's city table, the others greyed in its
+   legend; a real click on a city's legend entry hides it on every chart (showing a hidden
+   one shows it everywhere), it stays so across redraws, and a second click restores it; a
+   real mouse move onto bratislava's point at a known minute of KNOWN_ROWS_JSON (the supply
+   rows the test inserted) shows exactly its pressure and waiting riders in the legend,
+   with the minute's end as the time.
+2. Runs MORE_EVENTS_COMMAND (which writes new events through the pipeline, and a newer
    supply row for kosice with no driver available) and, without reloading, waits until the
    page shows the new numbers (again equal to ClickHouse's) and kosice first in the supply
    table.
-4. Opens DOWN_URL (a dashboard whose ClickHouse is unreachable) and checks the notice.
+3. Opens DOWN_URL (a dashboard whose ClickHouse is unreachable) and checks the notice.
 Prints what it saw; exits non-zero on the first failure.
 """
 import base64
@@ -107,10 +118,18 @@ return {
   freshness: document.getElementById('freshness').dataset.seconds,
   notice: document.getElementById('notice').hidden ? null : document.getElementById('notice').textContent,
   rows,
-  charts: [...document.querySelectorAll('.chart svg path')].length,
-  thresholdLines: document.querySelectorAll('#chart-cancel .threshold').length,
+  charts: [...(window.ridepulseCharts || new Map()).values()].reduce((n, c) => n + c.plot.series.length - 1, 0),
+  thresholdLines: thresholds('chart-cancel'),
 };
 """
+
+# The uPlot instances of the page (app.js keeps them in window.ridepulseCharts by element id).
+CHARTS_JS = """
+const plotOf = (id) => { const c = (window.ridepulseCharts || new Map()).get(id); return c ? c.plot : null; };
+const thresholds = (id) => { const p = plotOf(id); return p ? p.series.filter((s) => s.label === 'threshold').length : 0; };
+const cityCharts = () => [...(window.ridepulseCharts || new Map()).entries()].filter(([, c]) => c.spec.cities);
+"""
+READ_PAGE = CHARTS_JS + READ_PAGE
 
 
 # Where a data value can surface on the page, and whether any markup came out of one.
@@ -118,17 +137,18 @@ READ_HOSTILE = """
 const city = arguments[0];
 const row = [...document.querySelectorAll('#cities tbody tr')].find((tr) => tr.dataset.city === city);
 const cell = row ? row.querySelector('td[data-col="city"]') : null;
-const texts = [...document.querySelectorAll('.chart svg text')];
+const labels = [...document.querySelectorAll('.chart .u-legend .u-label')];
 return {
   cell: cell ? cell.textContent : null,
-  legends: texts.filter((t) => t.textContent === city).length,
-  series: [...document.querySelectorAll('.chart svg path')].filter((p) => p.getAttribute('data-series') === city).length,
+  legends: labels.filter((t) => t.textContent === city).length,
+  series: cityCharts().reduce((n, [, c]) => n + c.plot.series.filter((s) => s.label === city).length, 0),
   pwned: typeof window.__pwned,
   images: document.querySelectorAll('img').length,
   handlers: document.querySelectorAll('[onerror]').length,
-  chartChildren: [...document.querySelectorAll('.chart svg *')].filter((n) => n.namespaceURI !== 'http://www.w3.org/2000/svg').length,
+  chartChildren: document.querySelectorAll('.chart .u-legend .u-label *').length,
 };
 """
+READ_HOSTILE = CHARTS_JS + READ_HOSTILE
 
 
 def check_hostile(browser, city, when):
@@ -158,16 +178,176 @@ for (const tr of document.querySelectorAll('#supply tbody tr[data-city]')) {
   for (const td of tr.querySelectorAll('td')) cells[td.dataset.col] = td.textContent;
   rows.push({city: tr.dataset.city, cells, highlighted: tr.classList.contains('over-threshold')});
 }
-const series = (id) => document.querySelectorAll(`#${id} svg path`).length;
+const series = (id) => { const p = plotOf(id); return p ? p.series.filter((s, i) => i > 0 && s.label !== 'threshold').length : 0; };
 return {
   updates: Number(document.getElementById('updated').dataset.updates),
   rows,
   threshold: document.getElementById('pressure-threshold').textContent,
-  pressureThresholdLines: document.querySelectorAll('#chart-pressure .threshold').length,
+  pressureThresholdLines: thresholds('chart-pressure'),
   series: {available: series('chart-available'), waiting: series('chart-waiting'), pressure: series('chart-pressure')},
   images: document.querySelectorAll('img').length,
 };
 """
+READ_SUPPLY = CHARTS_JS + READ_SUPPLY
+
+
+# Which cities each chart draws (its shown series), by chart id.
+READ_SHOWN = CHARTS_JS + """
+const out = {};
+for (const [id, c] of cityCharts()) {
+  out[id] = {
+    shown: c.plot.series.filter((s, i) => i > 0 && s.show && c.spec.names.includes(s.label)).map((s) => s.label),
+    hidden: c.plot.series.filter((s, i) => i > 0 && !s.show && c.spec.names.includes(s.label)).map((s) => s.label),
+    off: [...c.plot.root.querySelectorAll('.u-legend tr.u-series.u-off .u-label')].map((l) => l.textContent),
+  };
+}
+return out;
+"""
+
+# The legend entry (its label cell, which uPlot listens on) of a series of a chart.
+LEGEND_ENTRY = CHARTS_JS + """
+const p = plotOf(arguments[0]);
+const row = [...p.root.querySelectorAll('.u-legend tr.u-series')].find((tr) => tr.querySelector('.u-label').textContent === arguments[1]);
+return row ? row.querySelector('th') : null;
+"""
+
+# Puts the cursor's target for (x, y) of a series in view and returns its viewport point.
+POINT_OF = CHARTS_JS + """
+const [id, label, x, scroll] = arguments;
+const p = plotOf(id);
+if (scroll) p.root.scrollIntoView({block: 'center'});
+const i = p.series.findIndex((s, k) => k > 0 && s.label === label);
+const at = p.data[0].indexOf(x);
+if (i < 0 || at < 0) return {missing: {series: i, at, xs: p.data[0]}};
+const rect = p.over.getBoundingClientRect();
+return {x: Math.round(rect.left + p.valToPos(x, 'x')), y: Math.round(rect.top + p.valToPos(p.data[i][at], 'y')), shown: p.series[i].show};
+"""
+
+# The legend's live values of a chart: label -> value text.
+LEGEND_VALUES = CHARTS_JS + """
+const p = plotOf(arguments[0]);
+const out = {};
+for (const tr of p.root.querySelectorAll('.u-legend tr.u-series')) {
+  out[tr.querySelector('.u-label').textContent] = tr.querySelector('.u-value').textContent;
+}
+return out;
+"""
+
+
+def click(browser, element, what):
+    if not element:
+        fail(f"{what}: no such legend entry")
+    (key,) = [k for k in element if k.startswith("element-")]
+    call("POST", f"{browser.url}/element/{element[key]}/click", {})
+
+
+def hover(browser, x, y):
+    call("POST", f"{browser.url}/actions", {"actions": [{
+        "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+        "actions": [{"type": "pointerMove", "duration": 0, "origin": "viewport", "x": x, "y": y}]}]})
+    call("DELETE", f"{browser.url}/actions")
+
+
+def wait_for_redraws(browser, n):
+    start = browser.js(READ_PAGE)["updates"]
+    deadline = time.time() + 30
+    while browser.js(READ_PAGE)["updates"] < start + n and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def check_default_cities(browser, expected):
+    """Every city chart draws the same cities by default: the five with the most events in
+    the last hour (ClickHouse's city table), the others listed but hidden."""
+    busiest = [r["city"] for r in sorted(expected, key=lambda r: (-int(r["events"]), r["city"]))]
+    top = set(busiest[:5])
+    shown = browser.js(READ_SHOWN)
+    for chart, seen in shown.items():
+        want = top & set(seen["shown"] + seen["hidden"])
+        if set(seen["shown"]) != want or set(seen["off"]) != set(seen["hidden"]):
+            fail(f"default cities of {chart}: shown {seen['shown']}, want {sorted(want)} "
+                 f"(the five busiest: {busiest[:5]}); greyed in the legend {seen['off']}")
+    requests = shown["chart-requests"]
+    if len(requests["shown"]) != 5 or not requests["hidden"]:
+        fail(f"chart-requests: shown {requests['shown']}, hidden {requests['hidden']}")
+    print(f"ok   every chart draws the five busiest cities {busiest[:5]} by default; "
+          f"{len(requests['hidden'])} more listed in the legend, hidden", flush=True)
+    return busiest
+
+
+def check_toggle(browser, chart, city, shown_before):
+    """Clicking the city's legend entry hides it (shows it if hidden) on every chart, it stays
+    so across redraws, and a second click brings the first state back."""
+    for click_no, want in [(1, not shown_before), (2, shown_before)]:
+        click(browser, browser.js(LEGEND_ENTRY, chart, city), f"{chart} {city}")
+        wait_for_redraws(browser, 2)
+        for other, seen in browser.js(READ_SHOWN).items():
+            listed = seen["shown"] + seen["hidden"]
+            if city not in listed:
+                continue
+            now = city in seen["shown"]
+            if now != want or (city in seen["off"]) == want:
+                fail(f"click {click_no} on {city!r} in {chart}'s legend: on {other} shown={now} "
+                     f"(greyed {city in seen['off']}), want shown={want}")
+    print(f"ok   clicking {city!r} in {chart}'s legend {'hides' if shown_before else 'shows'} it on "
+          f"every chart (kept across redraws); clicking again {'shows' if shown_before else 'hides'} it",
+          flush=True)
+
+
+def check_hover(browser, chart, city, x, want, digits):
+    """Hovering the city's point at time x shows its value (and the time) in the legend."""
+    want_text = f"{want:,.{digits}f}"
+    want_time = time.strftime("%H:%M UTC", time.gmtime(x))
+    seen = None
+    for _ in range(10):
+        point = browser.js(POINT_OF, chart, city, x, True)
+        if "missing" in point:
+            fail(f"hover {chart}: no point of {city!r} at {x}: {point['missing']}")
+        if not point["shown"]:
+            fail(f"hover {chart}: {city!r} is hidden")
+        hover(browser, point["x"], point["y"])
+        seen = browser.js(LEGEND_VALUES, chart)
+        times = [v for k, v in seen.items() if k != city and v.endswith(" UTC")]
+        if seen.get(city) == want_text and want_time in times:
+            print(f"ok   hovering {chart} at {want_time} shows {city!r} = {seen[city]} "
+                  f"(the row the test inserted: {want_text})", flush=True)
+            return
+        time.sleep(0.3)
+    fail(f"hover {chart} at {want_time}: legend shows {seen}, want {city!r} = {want_text}")
+
+
+def docs_screenshot(browser, url, ch_url, database, path):
+    """The screenshot for docs/dashboard.png: a realistic run, the whole page, bratislava
+    shown, one point of the busiest city's requests hovered (its value checked against
+    ClickHouse)."""
+    browser.open(url)
+    deadline = time.time() + 60
+    while browser.js(READ_PAGE)["updates"] < 2 or browser.js(READ_SUPPLY)["series"]["pressure"] == 0:
+        if time.time() > deadline:
+            fail(f"docs dashboard: no data drawn: {browser.js(READ_PAGE)}")
+        time.sleep(0.3)
+    height = browser.js("return document.documentElement.scrollHeight")
+    call("POST", f"{browser.url}/window/rect", {"width": 1400, "height": height + 40})
+    wait_for_redraws(browser, 1)
+    shown = browser.js(READ_SHOWN)["chart-requests"]["shown"]
+    city = shown[0]
+    if "bratislava" not in shown:
+        click(browser, browser.js(LEGEND_ENTRY, "chart-requests", "bratislava"), "docs bratislava")
+    xs = browser.js(CHARTS_JS + "return plotOf('chart-requests').data[0];")
+    minute = xs[len(xs) * 2 // 3]
+    (row,) = clickhouse(ch_url, database, f"""
+        SELECT countIf(event_type = 'requested') AS requests FROM ride_events FINAL
+        WHERE is_late = 0 AND city = '{city}' AND toUInt32(toStartOfMinute(timestamp)) = {minute}""")
+    browser.js("window.scrollTo(0, 0)")
+    point = browser.js(POINT_OF, "chart-requests", city, minute, False)
+    hover(browser, point["x"], point["y"])
+    seen = browser.js(LEGEND_VALUES, "chart-requests")
+    if seen.get(city) != f"{int(row['requests']):,}":
+        fail(f"docs dashboard: hovering {city!r} at {minute} shows {seen}, ClickHouse {row}")
+    browser.screenshot(path)
+    call("POST", f"{browser.url}/window/rect", {"width": 1400, "height": 1900})
+    print(f"ok   realistic run: hovering {city!r}'s requests at "
+          f"{time.strftime('%H:%M', time.gmtime(minute))} shows {seen[city]} (ClickHouse: "
+          f"{row['requests']}); full-page screenshot ({height} px) {path}", flush=True)
 
 
 def compare_supply(page, expected, threshold):
@@ -257,15 +437,19 @@ def wait_until_equal(browser, ch_url, database, sql, after_updates, what):
 
 
 def main():
-    dash_url, ch_url, database, screenshot, sql_file, down_url, hostile, supply_file = sys.argv[1:9]
+    dash_url, ch_url, database, screenshot, sql_file, down_url, hostile, supply_file, known_file = sys.argv[1:10]
+    known = json.load(open(known_file))
+    docs_url, docs_database = sys.argv[10:12]
     more_events = sys.argv[sys.argv.index("--") + 1:]
     sql = open(sql_file).read().strip().rstrip(";")
     supply_sql = open(supply_file).read().strip().rstrip(";")
     browser = Browser()
     try:
+        docs_screenshot(browser, docs_url, ch_url, docs_database, screenshot)
         browser.open(dash_url)
         page, expected = wait_until_equal(browser, ch_url, database, sql, 0, "first load")
         print(f"ok   page matches ClickHouse for {len(expected)} cities after {page['updates']} updates", flush=True)
+        city_rows = expected
         (fresh,) = clickhouse(ch_url, database,
                               "SELECT (toUInt64(now()) * 1000 - max(timestamp_ms)) / 1000 AS s FROM ride_events")
         if abs(float(page["freshness"]) - float(fresh["s"])) > 5:
@@ -285,8 +469,18 @@ def main():
             fail(f"supply: under pressure {highlighted}, first {supply['rows'][0]['city']!r}")
         print(f"ok   supply table matches ClickHouse in its order {[r['city'] for r in supply['rows']]}, "
               f"highlighted {highlighted}, pressure threshold 2 drawn, series {supply['series']}", flush=True)
-        browser.screenshot(screenshot)
-        print(f"ok   screenshot {screenshot}", flush=True)
+        busiest = check_default_cities(browser, city_rows)
+        check_toggle(browser, "chart-requests", busiest[0], True)
+        check_toggle(browser, "chart-requests", busiest[-1], False)
+        # A known supply row at a middle minute, plotted at the minute's end (SPEC §5); its city
+        # is drawn first if it is not among the busiest.
+        row = next(r for r in known if r["city"] == "bratislava" and r["minute"] == known[0]["minute"] + 180)
+        if "bratislava" not in busiest[:5]:
+            click(browser, browser.js(LEGEND_ENTRY, "chart-pressure", "bratislava"), "chart-pressure bratislava")
+        check_hover(browser, "chart-pressure", "bratislava", row["minute"] + 60, row["pressure"], 2)
+        check_hover(browser, "chart-waiting", "bratislava", row["minute"] + 60, row["waiting_riders"], 0)
+        if "bratislava" not in busiest[:5]:
+            click(browser, browser.js(LEGEND_ENTRY, "chart-pressure", "bratislava"), "chart-pressure bratislava")
 
         before = page
         subprocess.run(more_events, check=True, stdout=subprocess.DEVNULL)

@@ -1,10 +1,16 @@
 // ridepulse's built-in dashboard: polls /api/snapshot every 2 s and redraws in place.
-// No framework, no chart library: tables are DOM, charts are hand-built SVG.
+// No framework. Tables are DOM; charts are uPlot (vendored by scripts/vendor-uplot into
+// vendor/uplot/ and served by the binary itself: no CDN).
 "use strict";
 
 const POLL_MS = 2000;
-const COLORS = ["#58a6ff", "#3fb950", "#d29922", "#f778ba", "#a371f7", "#ff7b72",
-  "#79c0ff", "#56d364", "#e3b341", "#db61a2", "#bc8cff", "#ffa198"];
+// Cities drawn by default on every chart: the busiest by events in the last hour. The others
+// are listed in each legend, hidden until clicked.
+const TOP_CITIES = 5;
+// Twelve hues, none red (red is the thresholds' and the dead letters' colour).
+const COLORS = ["#58a6ff", "#3fb950", "#d29922", "#f778ba", "#a371f7", "#39c5cf",
+  "#f0883e", "#c9d1d9", "#9be35f", "#bf8a5a", "#8a9cff", "#f2cc60"];
+const GRID = "#2a3038", AXIS = "#8b96a5";
 let updates = 0;
 let lastGood = null;
 
@@ -13,69 +19,134 @@ const fmt = (v, digits) => (v === null || v === undefined || Number.isNaN(v)) ? 
   : Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const clock = (unix, seconds) => new Date(unix * 1000).toISOString().slice(11, seconds ? 19 : 16);
 
-function colorOf(city, cities) {
-  return COLORS[cities.indexOf(city) % COLORS.length];
-}
-
 // Every value from data (city names above all: they come from Kafka events) reaches the DOM
-// as text or as an attribute value, never as markup: elements are built with createElementNS
-// and filled with textContent/setAttribute, and no innerHTML is used anywhere.
-const SVG_NS = "http://www.w3.org/2000/svg";
-function svgEl(tag, attrs = {}, text = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-  if (text !== null) node.textContent = String(text);
-  return node;
+// as text, never as markup: tables are filled with textContent, and uPlot writes series
+// labels and legend values with textContent too (the vendored build has no innerHTML).
+
+// The page's cities, busiest first (events in the last hour, then the rest by name): one
+// order, one colour per city and one default selection for every chart.
+let cityRank = [];
+// What the viewer chose by clicking a legend entry (city -> shown), kept across redraws and
+// applied to every chart; cities not in it follow the default (the TOP_CITIES busiest).
+const chosen = new Map();
+const isShown = (city) => chosen.has(city) ? chosen.get(city) : cityRank.indexOf(city) < TOP_CITIES;
+const colorOf = (city) => COLORS[Math.max(0, cityRank.indexOf(city)) % COLORS.length];
+
+// The charts by element id: { plot, key, spec } (window.ridepulseCharts lets the browser test
+// hover a known point and read the legend).
+const charts = new Map();
+window.ridepulseCharts = charts;
+// True while the page itself (not a viewer's click) shows or hides series.
+let applying = false;
+
+// A legend click on a city shows or hides it on every chart of the page.
+function onSetSeries(u, index, opts) {
+  if (applying || index === null || opts.show === undefined) return;
+  const entry = [...charts.values()].find((c) => c.plot === u);
+  if (!entry || !entry.spec.cities) return;
+  const city = u.series[index].label;
+  if (!entry.spec.names.includes(city)) return;
+  const show = u.series[index].show;
+  chosen.set(city, show);
+  applying = true;
+  try {
+    for (const other of charts.values()) {
+      if (other.plot === u || !other.spec.cities) continue;
+      const j = other.plot.series.findIndex((s, k) => k > 0 && s.label === city);
+      if (j > 0 && other.plot.series[j].show !== show) other.plot.setSeries(j, { show });
+    }
+  } finally {
+    applying = false;
+  }
 }
 
-// A line chart: series = Map(name -> [[unixSeconds, value], ...]).
-function lineChart(el, series, cities, opts = {}) {
-  const W = 560, H = 220, L = 44, R = 96, T = 10, B = 22;
-  const points = [...series.values()].flat();
-  if (!points.length) {
-    const empty = svgEl("svg", { viewBox: `0 0 ${W} ${H}` });
-    empty.appendChild(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+// A line chart of series = Map(name -> [[unixSeconds, value], ...]) as uPlot, updated in
+// place when its series are the same as last time (so the hovered point and the legend
+// choices stay), rebuilt when they change. opts: xLabel and yLabel (axis titles, saying
+// what the time of a point is and the unit), xName (the time's name in the legend), digits (of the hovered values), threshold and
+// thresholdLabel (a dashed red line, listed in the legend), colors (fixed colours for
+// series that are not cities).
+function lineChart(el, series, opts) {
+  const cities = !opts.colors;
+  const names = [...series.keys()];
+  if (cities) names.sort((a, b) => rankOf(a) - rankOf(b));
+  if (!names.some((n) => series.get(n).length)) {
+    const old = charts.get(el.id);
+    if (old) old.plot.destroy();
+    charts.delete(el.id);
+    const empty = document.createElement("div");
+    empty.className = "empty";
+    empty.textContent = "no data yet";
     el.replaceChildren(empty);
     return;
   }
-  const xs = points.map((p) => p[0]);
-  const ys = points.map((p) => p[1]);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 60);
-  let y1 = Math.max(...ys, opts.threshold || 0) * 1.1 || 1;
-  const x = (t) => L + (t - x0) / (x1 - x0) * (W - L - R);
-  const y = (v) => H - B - v / y1 * (H - T - B);
-  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
-  for (let i = 0; i <= 4; i++) {
-    const v = y1 * i / 4;
-    svg.appendChild(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#2a3038" }));
-    svg.appendChild(svgEl("text", { x: L - 4, y: y(v) + 3, "text-anchor": "end" }, fmt(v, v < 10 ? 1 : 0)));
+  const xs = [...new Set(names.flatMap((n) => series.get(n).map((p) => p[0])))].sort((a, b) => a - b);
+  const at = new Map(xs.map((x, i) => [x, i]));
+  const data = [xs];
+  for (const n of names) {
+    const ys = new Array(xs.length).fill(null);
+    for (const [x, y] of series.get(n)) ys[at.get(x)] = y;
+    data.push(ys);
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = x0 + (x1 - x0) * i / 4;
-    // Minutes, or seconds too when the chart spans under five minutes (no repeated labels).
-    svg.appendChild(svgEl("text", { x: x(t), y: H - 6, "text-anchor": "middle" }, clock(t, x1 - x0 < 300)));
-  }
-  if (opts.threshold) {
-    svg.appendChild(svgEl("line", {
-      class: "threshold", x1: L, x2: W - R, y1: y(opts.threshold), y2: y(opts.threshold),
-      stroke: "#f85149", "stroke-dasharray": "6 4", "stroke-width": 2,
-    }));
-    const label = opts.thresholdUnit === undefined ? `${opts.threshold} %` : `${opts.threshold}${opts.thresholdUnit}`;
-    svg.appendChild(svgEl("text", { x: W - R + 4, y: y(opts.threshold) + 3, style: "fill:#f85149" }, label));
-  }
-  let legendY = T + 8;
-  for (const [name, pts] of series) {
-    const color = opts.colors ? opts.colors[name] : colorOf(name, cities);
-    const sorted = [...pts].sort((a, b) => a[0] - b[0]);
-    const d = sorted.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
-    svg.appendChild(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 1.8, "data-series": name }));
-    if (sorted.length === 1) svg.appendChild(svgEl("circle", { cx: x(sorted[0][0]), cy: y(sorted[0][1]), r: 2.5, fill: color }));
-    if (legendY < H - B) {
-      svg.appendChild(svgEl("text", { x: W - R + 6, y: legendY, style: `fill:${color}` }, name));
-      legendY += 12;
+  const hasThreshold = opts.threshold !== undefined && opts.threshold !== null;
+  if (hasThreshold) data.push(xs.map(() => opts.threshold));
+  const key = JSON.stringify([names, hasThreshold ? opts.threshold : null]);
+  const width = Math.max(300, el.clientWidth);
+  const old = charts.get(el.id);
+  if (old && old.key === key) {
+    applying = true;
+    try {
+      for (let i = 0; i < names.length; i++) {
+        if (cities && old.plot.series[i + 1].show !== isShown(names[i])) old.plot.setSeries(i + 1, { show: isShown(names[i]) });
+      }
+    } finally {
+      applying = false;
     }
+    old.plot.setData(data);
+    if (old.plot.width !== width) old.plot.setSize({ width, height: 220 });
+    return;
   }
-  el.replaceChildren(svg);
+  if (old) old.plot.destroy();
+  const value = (u, v) => fmt(v, opts.digits);
+  const plot = new uPlot({
+    width,
+    height: 220,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    series: [
+      { label: opts.xName, value: (u, v) => v === null || v === undefined ? "–" : `${clock(v)} UTC` },
+      ...names.map((n) => ({
+        label: n,
+        stroke: cities ? colorOf(n) : opts.colors[n],
+        width: 1.8,
+        spanGaps: true,
+        show: cities ? isShown(n) : true,
+        value,
+        points: { size: 5 },
+      })),
+      ...(hasThreshold ? [{
+        label: "threshold", stroke: "#f85149", width: 2, dash: [6, 4], points: { show: false },
+        value: () => opts.thresholdLabel,
+      }] : []),
+    ],
+    axes: [
+      {
+        label: opts.xLabel, stroke: AXIS, grid: { stroke: GRID, width: 1 }, ticks: { stroke: GRID, width: 1 },
+        // 24-hour UTC, seconds too when the chart spans under five minutes.
+        values: (u, splits) => splits.map((v) => clock(v, u.data[0][u.data[0].length - 1] - u.data[0][0] < 300)),
+      },
+      { label: opts.yLabel, stroke: AXIS, grid: { stroke: GRID, width: 1 }, ticks: { stroke: GRID, width: 1 }, size: 56 },
+    ],
+    legend: { live: true },
+    hooks: { setSeries: [onSetSeries] },
+  }, data);
+  el.replaceChildren(plot.root);
+  charts.set(el.id, { plot, key, spec: { cities, names } });
+}
+
+function rankOf(city) {
+  const i = cityRank.indexOf(city);
+  return i < 0 ? cityRank.length : i;
 }
 
 function seriesOf(rows, timeKey, valueOf) {
@@ -115,7 +186,11 @@ function render(s) {
     const prev = latest.get(w.city);
     if (!prev || w.window_end > prev.window_end) latest.set(w.city, w);
   }
-  const cities = [...new Set([...s.cities.map((c) => c.city), ...s.windows.map((w) => w.city)])].sort();
+  // The page's city order: by events in the last hour, then any other city by name.
+  const busiest = [...s.cities].sort((a, b) => b.events - a.events || (a.city < b.city ? -1 : 1)).map((c) => c.city);
+  const others = [...new Set([...s.windows, ...s.requests_per_minute, ...s.supply].map((r) => r.city))]
+    .filter((c) => !busiest.includes(c)).sort();
+  cityRank = [...busiest, ...others];
 
   // The city table of the last hour.
   const body = $("cities").querySelector("tbody");
@@ -141,19 +216,28 @@ function render(s) {
     body.appendChild(tr);
   }
 
-  // Charts.
-  lineChart($("chart-requests"), seriesOf(s.requests_per_minute, "minute", (r) => r.requests), cities);
+  // Charts. Window charts plot each 5-minute window at its end (so the newest point can be
+  // up to 5 minutes after the newest event); per-minute charts at the minute's start.
+  const windowEnd = { xLabel: "window end (UTC)", xName: "window end" };
+  const minuteStart = { xLabel: "minute start (UTC)", xName: "minute start" };
+  lineChart($("chart-requests"), seriesOf(s.requests_per_minute, "minute", (r) => r.requests),
+    { ...minuteStart, yLabel: "requests per minute", digits: 0 });
   const closed = s.windows.filter((w) => w.requests > 0);
-  lineChart($("chart-cancel"), seriesOf(closed, "window_end", (w) => 100 * w.cancellations / w.requests), cities, { threshold });
-  lineChart($("chart-complete"), seriesOf(closed, "window_end", (w) => 100 * w.completions / w.requests), cities);
-  lineChart($("chart-fare"), seriesOf(s.windows, "window_end", (w) => w.avg_fare), cities);
-  lineChart($("chart-riders"), seriesOf(s.windows, "window_end", (w) => w.unique_riders), cities);
+  lineChart($("chart-cancel"), seriesOf(closed, "window_end", (w) => 100 * w.cancellations / w.requests),
+    { ...windowEnd, yLabel: "% of requests", digits: 1, threshold, thresholdLabel: `${threshold} %` });
+  lineChart($("chart-complete"), seriesOf(closed, "window_end", (w) => 100 * w.completions / w.requests),
+    { ...windowEnd, yLabel: "% of requests", digits: 1 });
+  lineChart($("chart-fare"), seriesOf(s.windows, "window_end", (w) => w.avg_fare),
+    { ...windowEnd, yLabel: "fare per ride", digits: 2 });
+  lineChart($("chart-riders"), seriesOf(s.windows, "window_end", (w) => w.unique_riders),
+    { ...windowEnd, yLabel: "riders per window", digits: 0 });
   const late = new Map([["late events", []], ["dead letters", []]]);
   for (const r of s.late_dead) {
     late.get("late events").push([r.minute, r.late_events]);
     late.get("dead letters").push([r.minute, r.dead_letters]);
   }
-  lineChart($("chart-late"), late, [], { colors: { "late events": "#d29922", "dead letters": "#f85149" } });
+  lineChart($("chart-late"), late, { ...minuteStart, yLabel: "messages per minute", digits: 0,
+    colors: { "late events": "#d29922", "dead letters": "#f85149" } });
   renderSupply(s);
 }
 
@@ -197,11 +281,15 @@ function renderSupply(s) {
     }
     body.appendChild(tr);
   }
-  const cities = [...new Set(s.supply.map((r) => r.city))].sort();
-  lineChart($("chart-available"), seriesOf(s.supply, "minute", (r) => r.available_drivers), cities);
-  lineChart($("chart-waiting"), seriesOf(s.supply, "minute", (r) => r.waiting_riders), cities);
-  lineChart($("chart-pressure"), seriesOf(s.supply, "minute", (r) => r.pressure), cities,
-    { threshold, thresholdUnit: "" });
+  // Each row describes the state at its minute's end (SPEC §5): plotted at that instant.
+  const minuteEnd = { xLabel: "minute end (UTC): the state at that instant", xName: "minute end" };
+  const ended = s.supply.map((r) => ({ ...r, end: r.minute + 60 }));
+  lineChart($("chart-available"), seriesOf(ended, "end", (r) => r.available_drivers),
+    { ...minuteEnd, yLabel: "available drivers", digits: 0 });
+  lineChart($("chart-waiting"), seriesOf(ended, "end", (r) => r.waiting_riders),
+    { ...minuteEnd, yLabel: "waiting riders", digits: 0 });
+  lineChart($("chart-pressure"), seriesOf(ended, "end", (r) => r.pressure),
+    { ...minuteEnd, yLabel: "riders per driver", digits: 2, threshold, thresholdLabel: `${threshold}` });
 }
 
 async function poll() {
