@@ -63,9 +63,9 @@ function onSetSeries(u, index, opts) {
 // A line chart of series = Map(name -> [[unixSeconds, value], ...]) as uPlot, updated in
 // place when its series are the same as last time (so the hovered point and the legend
 // choices stay), rebuilt when they change. opts: xLabel and yLabel (axis titles, saying
-// what the time of a point is and the unit), xName (the time's name in the legend), digits (of the hovered values), threshold and
-// thresholdLabel (a dashed red line, listed in the legend), colors (fixed colours for
-// series that are not cities).
+// what the time of a point is and the unit), xName (the time's name in the legend), digits
+// (of the hovered values), threshold and thresholdLabel (a dashed red line, listed in the
+// legend), colors (fixed colours for series that are not cities).
 function lineChart(el, series, opts) {
   const cities = !opts.colors;
   const names = [...series.keys()];
