@@ -1,6 +1,6 @@
-//! The live view of SPEC §5's open minutes: per entity, its readings of the last `H` minutes;
-//! at most once per emit interval, each worker counts the newest open minutes of its entities
-//! and reports them to `supply_rows`.
+//! The live view of SPEC §5's open minutes: per entity, the readings an open minute may need;
+//! per minute and city, the records of the last `H` minutes; at most once per emit interval,
+//! each worker counts the newest open minutes and reports them to `supply_rows`.
 //!
 //! Differential's arrangements only seal a minute once the watermark passes it, so the rows
 //! of minutes still open (update mode) are computed here by hand. Records are exchanged by
@@ -10,9 +10,16 @@
 //! A report is a worker's complete count of the minutes `[first, last]` it covers (the open
 //! minutes up to the newest it has read, at most `open_minutes` of them), so `supply_rows`
 //! replaces a worker's previous report rather than adding to it, and only emits the minutes
-//! every worker's report covers. Readings that can no longer matter to an open minute (an
-//! event minute `e` with `e + H` at or before the frontier) are dropped as the frontier
-//! moves, so state is bounded like the arrangements'.
+//! every worker's report covers.
+//!
+//! State is what an open minute can still need, no more. As the frontier (the first open
+//! minute) moves, an entity's readings before it collapse to the latest of them, and that
+//! one goes too once it counts at no open minute (its tally is none: a completed or cancelled
+//! ride, an offline driver; or it is no longer fresh), so finished rides leave the view at
+//! the next frontier; the `events`/`requests` tallies are counted per (minute, city), not
+//! kept per reading, and dropped once `e + H` is at or before the frontier. (Keeping every
+//! reading of the last `H` minutes, as this view first did, cost ~170 MB and grew a report's
+//! work with every ride of the last ten minutes at 50,000 rides/min: `examples/supply_memory`.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -26,7 +33,7 @@ use timely::dataflow::StreamVec;
 
 use crate::event::EventType;
 use crate::partitioned_source::{SourcedEvent, SourcedLocation};
-use crate::supply::{Reading, SupplyConfig, Tally};
+use crate::supply::{Reading, SupplyConfig};
 use crate::supply_row::SupplyCounts;
 
 /// One worker's counts of the open minutes it knows of.
@@ -44,37 +51,110 @@ pub(crate) struct LiveReport {
     pub counts: Vec<(u64, String, SupplyCounts)>,
 }
 
-/// A reading and whether it is a `requested` event.
+/// A kept reading and its event minute.
 #[derive(Clone, Debug)]
 struct Kept {
     reading: Reading,
     minute: u64,
-    requested: bool,
 }
 
-/// The readings of the last `H` minutes per ride and per driver, and the counts of any
-/// minute they decide. Pure state (no timely): the operator below drives it, tests feed it.
+/// One city's on-time records of one minute: the `events` and `requests` tallies.
+#[derive(Clone, Copy, Debug, Default)]
+struct MinuteTally {
+    events: u64,
+    requests: u64,
+}
+
+/// What the view keeps of one kind of entity (rides or drivers).
 #[derive(Debug)]
-pub struct LiveView {
-    config: SupplyConfig,
-    /// Per ride, then per driver: readings sorted by recency (oldest first).
-    rides: HashMap<String, Vec<Kept>>,
-    drivers: HashMap<String, Vec<Kept>>,
-    /// Minutes before this are final (the input frontier).
-    open_from: u64,
-    /// The newest event minute read.
-    through: Option<u64>,
+struct Entities {
+    /// A reading counts for this many minutes after its own.
+    fresh_for: u64,
+    /// Per entity, sorted by recency (oldest first): the readings of the open minutes, and
+    /// before them at most one, the latest reading before the open minutes, kept only while
+    /// it still counts (it has a tally and is fresh at the first open minute).
+    by_key: HashMap<String, Vec<Kept>>,
     /// Readings kept.
     len: usize,
 }
 
-fn keep(entities: &mut HashMap<String, Vec<Kept>>, key: &str, kept: Kept) {
-    if !entities.contains_key(key) {
-        entities.insert(key.to_string(), Vec::new());
+impl Entities {
+    fn new(fresh_for: u64) -> Entities {
+        Entities {
+            fresh_for,
+            by_key: HashMap::new(),
+            len: 0,
+        }
     }
-    let readings = entities.get_mut(key).expect("inserted above");
-    let at = readings.partition_point(|k| k.reading <= kept.reading);
-    readings.insert(at, kept);
+
+    fn keep(&mut self, key: &str, kept: Kept) {
+        let readings = match self.by_key.get_mut(key) {
+            Some(readings) => readings,
+            None => self.by_key.entry(key.to_string()).or_default(),
+        };
+        let at = readings.partition_point(|k| k.reading <= kept.reading);
+        readings.insert(at, kept);
+        self.len += 1;
+    }
+
+    /// Minutes before `open_from` are final: per entity, the readings before it collapse to
+    /// the latest of them, which is dropped when it counts at no open minute.
+    fn advance(&mut self, open_from: u64) {
+        let fresh_for = self.fresh_for;
+        let mut len = 0;
+        self.by_key.retain(|_, readings| {
+            let before = readings.partition_point(|k| k.minute < open_from);
+            if before > 0 {
+                let base = &readings[before - 1];
+                let counts = base.reading.tally.is_some() && base.minute + fresh_for > open_from;
+                let keep_from = if counts { before - 1 } else { before };
+                readings.drain(..keep_from);
+            }
+            len += readings.len();
+            !readings.is_empty()
+        });
+        self.len = len;
+    }
+
+    /// Adds the state of every entity at each of `minutes` to `counts`.
+    fn count<'a>(
+        &'a self,
+        minutes: &std::ops::RangeInclusive<u64>,
+        counts: &mut BTreeMap<(u64, &'a str), SupplyCounts>,
+    ) {
+        for readings in self.by_key.values() {
+            for minute in minutes.clone() {
+                let upto = readings.partition_point(|k| k.minute <= minute);
+                if upto == 0 {
+                    continue;
+                }
+                let latest = &readings[upto - 1];
+                if let Some(tally) = latest.reading.tally {
+                    if minute < latest.minute + self.fresh_for {
+                        let entry = counts.entry((minute, &latest.reading.city));
+                        tally.add_to(entry.or_default(), 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The latest readings per ride and per driver that an open minute may need, the records
+/// per (minute, city) of the last `H` minutes, and the counts of any open minute they
+/// decide. Pure state (no timely): the operator below drives it, tests feed it.
+#[derive(Debug)]
+pub struct LiveView {
+    config: SupplyConfig,
+    rides: Entities,
+    drivers: Entities,
+    /// The `events` and `requests` tallies per event minute and city, for the minutes an
+    /// open minute's row can count (`e + H > open_from`).
+    tallies: BTreeMap<u64, HashMap<String, MinuteTally>>,
+    /// Minutes before this are final (the input frontier).
+    open_from: u64,
+    /// The newest event minute read.
+    through: Option<u64>,
 }
 
 impl LiveView {
@@ -82,11 +162,11 @@ impl LiveView {
     pub fn new(config: &SupplyConfig) -> LiveView {
         LiveView {
             config: config.clone(),
-            rides: HashMap::new(),
-            drivers: HashMap::new(),
+            rides: Entities::new(config.request_timeout_minutes),
+            drivers: Entities::new(config.stale_after_minutes),
+            tallies: BTreeMap::new(),
             open_from: 0,
             through: None,
-            len: 0,
         }
     }
 
@@ -94,32 +174,30 @@ impl LiveView {
     pub fn add_ride(&mut self, sourced: &SourcedEvent) {
         let reading = Reading::of_ride(sourced);
         let minute = reading.minute();
-        self.see(minute);
         let requested = sourced.event.event_type == EventType::Requested;
-        let kept = Kept {
-            reading,
-            minute,
-            requested,
-        };
-        keep(&mut self.rides, &sourced.event.ride_id, kept);
+        self.see(minute, &reading.city, requested);
+        self.rides
+            .keep(&sourced.event.ride_id, Kept { reading, minute });
     }
 
     /// Adds an on-time driver location.
     pub fn add_driver(&mut self, sourced: &SourcedLocation) {
         let reading = Reading::of_driver(sourced);
         let minute = reading.minute();
-        self.see(minute);
-        let kept = Kept {
-            reading,
-            minute,
-            requested: false,
-        };
-        keep(&mut self.drivers, &sourced.event.driver_id, kept);
+        self.see(minute, &reading.city, false);
+        self.drivers
+            .keep(&sourced.event.driver_id, Kept { reading, minute });
     }
 
-    fn see(&mut self, minute: u64) {
+    fn see(&mut self, minute: u64, city: &str, requested: bool) {
         self.through = Some(self.through.map_or(minute, |t| t.max(minute)));
-        self.len += 1;
+        let cities = self.tallies.entry(minute).or_default();
+        let tally = match cities.get_mut(city) {
+            Some(tally) => tally,
+            None => cities.entry(city.to_string()).or_default(),
+        };
+        tally.events += 1;
+        tally.requests += u64::from(requested);
     }
 
     /// The newest event minute read, if any.
@@ -129,74 +207,52 @@ impl LiveView {
 
     /// Readings kept (for tests of boundedness).
     pub fn len(&self) -> usize {
-        self.len
+        self.rides.len + self.drivers.len
     }
 
     /// Whether no reading is kept.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// The minutes before `open_from` are final: drops the readings no later minute needs
-    /// (those with `e + H ≤ open_from`). Returns whether `open_from` moved.
+    /// The minutes before `open_from` are final: forgets what no later minute needs.
+    /// Returns whether `open_from` moved.
     pub fn advance(&mut self, open_from: u64) -> bool {
         if open_from <= self.open_from {
             return false;
         }
         self.open_from = open_from;
+        self.rides.advance(open_from);
+        self.drivers.advance(open_from);
         let horizon = self.config.horizon();
-        let mut len = 0;
-        for entities in [&mut self.rides, &mut self.drivers] {
-            entities.retain(|_, readings| {
-                readings.retain(|k| k.minute + horizon > open_from);
-                len += readings.len();
-                !readings.is_empty()
-            });
-        }
-        self.len = len;
+        let keep_from = open_from.saturating_sub(horizon - 1);
+        self.tallies = self.tallies.split_off(&keep_from);
         true
     }
 
-    /// The counts of every city with a reading at each minute of `minutes` (which must not
-    /// start before the last [`LiveView::advance`]), by (minute, city); cities whose counts
-    /// are all zero but `events` are included.
+    /// The counts of every city with a record in the last `H` minutes at each minute of
+    /// `minutes` (which must not start before the last [`LiveView::advance`]), by (minute,
+    /// city); cities whose counts are all zero but `events` are included.
     pub fn counts(
         &self,
         minutes: std::ops::RangeInclusive<u64>,
     ) -> BTreeMap<(u64, String), SupplyCounts> {
         let mut counts: BTreeMap<(u64, &str), SupplyCounts> = BTreeMap::new();
         let horizon = self.config.horizon();
-        let windows = [
-            (&self.rides, self.config.request_timeout_minutes),
-            (&self.drivers, self.config.stale_after_minutes),
-        ];
-        for (entities, fresh_for) in windows {
-            for readings in entities.values() {
-                for minute in minutes.clone() {
-                    let upto = readings.partition_point(|k| k.minute <= minute);
-                    if upto == 0 {
-                        continue;
-                    }
-                    let latest = &readings[upto - 1];
-                    if let Some(tally) = latest.reading.tally {
-                        if minute < latest.minute + fresh_for {
-                            let entry = counts.entry((minute, &latest.reading.city));
-                            tally.add_to(entry.or_default(), 1);
-                        }
-                    }
-                    for k in readings[..upto]
-                        .iter()
-                        .filter(|k| k.minute + horizon > minute)
-                    {
-                        let entry = counts.entry((minute, &k.reading.city)).or_default();
-                        Tally::Event.add_to(entry, 1);
-                        if k.requested && k.minute == minute {
-                            Tally::Request.add_to(entry, 1);
-                        }
+        for minute in minutes.clone() {
+            let since = (minute + 1).saturating_sub(horizon);
+            for (&e, cities) in self.tallies.range(since..=minute) {
+                for (city, tally) in cities {
+                    let entry = counts.entry((minute, city)).or_default();
+                    entry.events += tally.events;
+                    if e == minute {
+                        entry.requests += tally.requests;
                     }
                 }
             }
         }
+        self.rides.count(&minutes, &mut counts);
+        self.drivers.count(&minutes, &mut counts);
         counts
             .into_iter()
             .map(|((minute, city), c)| ((minute, city.to_string()), c))

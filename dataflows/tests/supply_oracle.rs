@@ -364,6 +364,98 @@ fn the_live_view_counts_every_minute_like_the_oracle() {
 }
 
 #[test]
+fn the_live_view_counts_open_minutes_like_the_oracle_of_what_was_read() {
+    // Read in order, round-robin over every partition of both topics, with the view's
+    // frontier at the job's watermark: at every check, the open minutes' counts must be the
+    // oracle's over exactly the records read so far (so what `advance` forgets was never
+    // needed by an open minute).
+    let config = SupplyConfig {
+        stale_after_minutes: 2,
+        request_timeout_minutes: 4,
+        ..config()
+    };
+    let rides = generate_rides(15, 3, 1_500);
+    let locations = generate_locations(15, 4, 1_200);
+    let mut view = LiveView::new(&config);
+    let mut read = (vec![Vec::new(); rides.len()], vec![Vec::new(); locations.len()]);
+    let mut largest = (vec![None::<i64>; rides.len()], vec![None::<i64>; locations.len()]);
+    let judge = |largest: &mut Option<i64>, t: i64| {
+        let late = largest.is_some_and(|max| max - t > LATENESS_MS);
+        *largest = Some(largest.map_or(t, |max| max.max(t)));
+        late
+    };
+    let mut checks = 0;
+    for i in 0..1_500 {
+        for (p, partition) in rides.iter().enumerate() {
+            let e = partition[i].clone();
+            let late = judge(&mut largest.0[p], e.timestamp.0);
+            read.0[p].push(e.clone());
+            if !late {
+                view.add_ride(&Sourced {
+                    partition: p as u32,
+                    offset: i as u64,
+                    event: e,
+                    late,
+                });
+            }
+        }
+        for (p, partition) in locations.iter().enumerate() {
+            let Some(l) = partition.get(i).cloned() else {
+                continue;
+            };
+            let late = judge(&mut largest.1[p], l.timestamp.0);
+            read.1[p].push(l.clone());
+            if !late {
+                view.add_driver(&Sourced {
+                    partition: p as u32,
+                    offset: i as u64,
+                    event: l,
+                    late,
+                });
+            }
+        }
+        let watermark = largest.0.iter().chain(&largest.1).flatten().min().unwrap() - LATENESS_MS;
+        view.advance(watermark.div_euclid(60_000) as u64);
+        if i % 150 != 149 {
+            continue;
+        }
+        let open_from = watermark.div_euclid(60_000) as u64;
+        let through = view.through().unwrap();
+        let want = oracle(
+            &read.0,
+            &read.1,
+            config.request_timeout_minutes as i64,
+            config.stale_after_minutes as i64,
+        );
+        let want: BTreeMap<(i64, String), Want> = want
+            .rows
+            .into_iter()
+            .filter(|((minute, _), _)| (open_from..=through).contains(&(*minute as u64 / 60_000)))
+            .collect();
+        let got: BTreeMap<(i64, String), Want> = view
+            .counts(open_from..=through)
+            .into_iter()
+            .filter(|(_, c)| c.has_row())
+            .map(|((minute, city), c)| {
+                let want = Want {
+                    available: c.available_drivers,
+                    on_trip: c.on_trip_drivers,
+                    waiting: c.waiting_riders,
+                    in_progress: c.rides_in_progress,
+                    requests: c.requests,
+                    events: c.events,
+                };
+                ((minute as i64 * 60_000, city), want)
+            })
+            .collect();
+        assert!(!want.is_empty(), "check {checks}: minutes {open_from}..={through}");
+        assert_eq!(got, want, "check {checks}: minutes {open_from}..={through}");
+        checks += 1;
+    }
+    assert_eq!(checks, 10);
+}
+
+#[test]
 fn the_live_view_forgets_what_no_open_minute_needs() {
     let rides = generate_rides(14, 2, 6_000);
     let config = config();
