@@ -548,6 +548,21 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
         eprintln!("ok   Prometheus: {title}: {} series", result.len());
     }
     assert_eq!(queries.len(), 12 + 3);
+
+    // Stopped, no process answers: `job list` computes the lag of both topics from the
+    // checkpoints and the broker, and it is 0 too.
+    jobs.run(&["job", "stop", JOB]);
+    cleanup.jobs = None;
+    let list = jobs.run(&["job", "list"]);
+    eprintln!("{list}");
+    let row: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with(JOB))
+        .unwrap_or_else(|| panic!("{list}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "stopped", "{list}");
+    assert_eq!(row[row.len() - 2], "0", "lag from the checkpoints: {list}");
     drop(cleanup);
     std::fs::remove_dir_all(&dir).ok();
 }
