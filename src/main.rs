@@ -352,41 +352,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `ridepulse topics create|list`: one line per topic of SPEC §1.
 fn topics_command(config: &Config, action: TopicsAction) -> anyhow::Result<()> {
     match action {
-        TopicsAction::Create => {
-            for (spec, outcome) in topics::create(config)? {
-                let configs: Vec<String> = spec
-                    .configs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let what = match outcome {
-                    topics::Outcome::Created => "created",
-                    topics::Outcome::Existed => "exists ",
-                };
-                println!(
-                    "{what} {:<24} partitions={:<3} {}",
-                    spec.name,
-                    spec.partitions,
-                    configs.join(" ")
-                );
-            }
-        }
-        TopicsAction::List => {
-            for (spec, info) in topics::contract_topics(config)
-                .iter()
-                .zip(topics::list(config)?)
-            {
-                match info {
-                    Some(info) => println!(
-                        "{:<24} partitions={:<3} messages={}",
-                        info.name,
-                        info.partitions.len(),
-                        info.messages()
-                    ),
-                    None => println!("{:<24} missing (run `ridepulse topics create`)", spec.name),
-                }
-            }
-        }
+        TopicsAction::Create => print!("{}", topics::create_report(&topics::create(config)?)),
+        TopicsAction::List => print!(
+            "{}",
+            topics::list_report(&topics::contract_topics(config), &topics::list(config)?)
+        ),
     }
     Ok(())
 }
@@ -399,80 +369,31 @@ fn consume(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.topics.ride_events.clone());
     if let Some(duration) = args.follow {
         let stats = plain_consumer::follow(&config.kafka.brokers, &topic, duration)?;
-        println!(
-            "topic={topic} messages={} latency_ms_p50={} latency_ms_p95={} latency_ms_p99={} latency_ms_max={}",
-            stats.messages,
-            stats.quantile(0.5),
-            stats.quantile(0.95),
-            stats.quantile(0.99),
-            stats.quantile(1.0)
-        );
+        println!("{}", stats.report(&topic));
         return Ok(());
     }
-    let mut printed = 0;
-    let (mut valid, mut invalid) = (0u64, 0u64);
-    let is_ride_events = topic == config.topics.ride_events;
-    let stats = plain_consumer::read_backlog(
+    let report = plain_consumer::inspect_backlog(
         &config.kafka.brokers,
         &topic,
-        Duration::from_secs(30),
-        |message| {
-            use rdkafka::Message;
-            let payload = message.payload().unwrap_or_default();
-            if is_ride_events {
-                match dataflows::event::RideEvent::parse(payload) {
-                    Ok(_) => valid += 1,
-                    Err(_) => invalid += 1,
-                }
-            }
-            if printed < args.print {
-                printed += 1;
-                println!(
-                    "p{} @{} {}",
-                    message.partition(),
-                    message.offset(),
-                    String::from_utf8_lossy(payload)
-                );
-            }
-        },
+        topic == config.topics.ride_events,
+        args.print,
+        |line| println!("{line}"),
     )?;
-    println!(
-        "topic={topic} partitions={} messages={} bytes={} seconds={:.3} messages_per_sec={:.0} longest_pause_ms={:.1}",
-        stats.partitions,
-        stats.messages,
-        stats.bytes,
-        stats.elapsed.as_secs_f64(),
-        stats.rate(),
-        stats.longest_pause.as_secs_f64() * 1000.0
-    );
-    if is_ride_events {
-        println!("valid_events={valid} invalid_messages={invalid}");
-    }
+    println!("{report}");
     Ok(())
 }
 
+/// `ridepulse migrate [--print]`.
 fn migrate(config: &Config, args: MigrateArgs) -> anyhow::Result<()> {
-    use ridepulse::clickhouse::{block_on, schema};
+    use ridepulse::clickhouse::migration;
     if args.print {
-        let version = match args.server_version {
-            Some(version) => version,
-            None => block_on(schema::server_version(&config.clickhouse))?,
-        };
-        let features = schema::Features::of_version(&version)?;
-        for statement in schema::statements(&config.clickhouse.database, features) {
-            println!("{statement};\n");
-        }
-        return Ok(());
+        print!(
+            "{}",
+            migration::ddl_text(&config.clickhouse, args.server_version.as_deref())?
+        );
+    } else {
+        println!("{}", migration::migrate(&config.clickhouse)?);
     }
-    let migration = block_on(schema::migrate(&config.clickhouse))?;
-    println!(
-        "ClickHouse {} at {}: database `{}` has {} ({:?})",
-        migration.version,
-        config.clickhouse.url,
-        config.clickhouse.database,
-        schema::TABLES.join(", "),
-        migration.features
-    );
     Ok(())
 }
 

@@ -335,7 +335,13 @@ pub fn run<W: Write + Send + 'static>(
         &options.layout,
         options.process,
         &options.group_id,
-        shared.counters.clone(),
+        vec![
+            (config.topics.ride_events.clone(), shared.counters.clone()),
+            (
+                config.topics.driver_locations.clone(),
+                location_shared.counters.clone(),
+            ),
+        ],
         writer.clone(),
     );
     let out = Arc::new(Mutex::new(out));

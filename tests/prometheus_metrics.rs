@@ -19,8 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Namespace;
-use dataflows::event::RideEvent;
-use ridepulse::kafka::partitioner::{partition_for, ride_id_key};
+use dataflows::event::{DriverLocation, RideEvent, Timestamp};
+use rand::{Rng, SeedableRng};
+use ridepulse::kafka::partitioner::{driver_id_key, partition_for, ride_id_key};
 use serde_json::Value;
 
 /// The job's name in Prometheus (the `job` label of its target).
@@ -100,6 +101,119 @@ fn wait_for(port: u16, promql: &str, want: f64, within: Duration) {
     }
 }
 
+/// Malformed driver locations mixed into [`locations_dataset`]: invalid JSON, a missing
+/// status, an unknown status, a latitude off the globe.
+const BAD_LOCATIONS: [&str; 4] = [
+    "{not json",
+    "{\"driver_id\":\"driver-x\",\"timestamp\":\"2026-11-23T10:00:00Z\",\"city\":\"brno\",\"lat\":1.0,\"lng\":2.0}",
+    "{\"driver_id\":\"driver-y\",\"timestamp\":\"2026-11-23T10:00:00Z\",\"city\":\"brno\",\"lat\":1.0,\"lng\":2.0,\"status\":\"parked\"}",
+    "{\"driver_id\":\"driver-z\",\"timestamp\":\"2026-11-23T10:00:00Z\",\"city\":\"brno\",\"lat\":91.0,\"lng\":2.0,\"status\":\"available\"}",
+];
+
+/// A driver-locations file of the simulator's world from `start`: every 20th location of
+/// the run (modest for the test broker), 3 % of them pushed minutes back (late), and a
+/// malformed line after every 500.
+fn locations_dataset(ns: &Namespace, dir: &Path, start: &str) -> std::path::PathBuf {
+    let (rides, all) = (dir.join("sim-rides.jsonl"), dir.join("sim-locations.jsonl"));
+    ns.run(&[
+        "simulate",
+        "--out",
+        rides.to_str().unwrap(),
+        "--locations-out",
+        all.to_str().unwrap(),
+        "--count",
+        "30000",
+        "--rate",
+        "2500",
+        "--seed",
+        "22",
+        "--start",
+        start,
+    ]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+    let mut lines = Vec::new();
+    for line in std::fs::read_to_string(&all).unwrap().lines().step_by(20) {
+        let mut location = DriverLocation::parse(line.as_bytes()).unwrap();
+        if rng.random_bool(0.03) {
+            location.timestamp =
+                Timestamp(location.timestamp.0 - rng.random_range(60_000..600_000));
+        }
+        lines.push(location.to_json());
+        if lines.len() % 500 == 0 {
+            lines.push(BAD_LOCATIONS[lines.len() / 500 % 4].to_string());
+        }
+    }
+    let path = dir.join("locations.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// What a topic's file holds, by SPEC §3's per-partition rule: an event is late when it is
+/// more than the allowed lateness behind the largest event time read before it from its
+/// partition (murmur2 of its key over the topic's partitions, as the producer).
+#[derive(Debug, Default)]
+struct Expected {
+    events: u64,
+    late: u64,
+    max_ms: i64,
+    dead: BTreeMap<String, u64>,
+}
+
+fn expected<E>(
+    path: &Path,
+    partitions: i32,
+    lateness_ms: i64,
+    parse: impl Fn(&[u8]) -> Result<E, dataflows::event::EventError>,
+    time: impl Fn(&E) -> i64,
+    key: impl Fn(&[u8]) -> Option<String>,
+) -> Expected {
+    let mut want = Expected {
+        max_ms: i64::MIN,
+        ..Expected::default()
+    };
+    let mut clocks: BTreeMap<i32, i64> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        match parse(line.as_bytes()) {
+            Ok(event) => {
+                let key = key(line.as_bytes()).unwrap();
+                let partition = partition_for(Some(key.as_bytes()), partitions, 0);
+                let ms = time(&event);
+                let clock = clocks.entry(partition).or_insert(ms);
+                if ms < *clock - lateness_ms {
+                    want.late += 1;
+                }
+                *clock = (*clock).max(ms);
+                want.max_ms = want.max_ms.max(ms);
+                want.events += 1;
+            }
+            Err(error) => *want.dead.entry(error.reason().to_string()).or_default() += 1,
+        }
+    }
+    want
+}
+
+/// The length of ClickHouse's own RowBinary answer to `select` in the test's database.
+fn row_binary_bytes(ns: &Namespace, select: &str) -> usize {
+    let output = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-G"])
+        .arg(format!(
+            "{}/",
+            ns.config.clickhouse.url.trim_end_matches('/')
+        ))
+        .arg("--data-urlencode")
+        .arg(format!("database={}", ns.config.clickhouse.database))
+        .arg("--data-urlencode")
+        .arg(format!("query={select} FORMAT RowBinary"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{select}: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    output.stdout.len()
+}
+
 #[test]
 fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_runs() {
     let ns = Namespace::new("prom");
@@ -111,39 +225,56 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
     let start = dataflows::event::Timestamp(chrono::Utc::now().timestamp_millis() - 13 * 60_000);
     let path = common::dataset(&ns, &dir, 30_000, 2_500, &start.to_string());
 
-    // The reference, from the file alone: per partition (murmur2 of ride_id over 12, as the
-    // producer), an event is late when it is more than 30 s behind the largest event time
-    // read before it from that partition; malformed lines are dead letters by reason.
+    let locations_path = locations_dataset(&ns, &dir, &start.to_string());
+    let location_partitions = ridepulse::kafka::topics::partition_count(
+        &ns.config.kafka.brokers,
+        &ns.config.topics.driver_locations,
+    )
+    .unwrap();
+
+    // The references, from the files alone (see `expected`).
     let lateness_ms = ns.config.window.allowed_lateness_secs as i64 * 1000;
-    let (mut events, mut late, mut max_ms) = (0u64, 0u64, i64::MIN);
-    let mut clocks: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
-    for line in std::fs::read_to_string(&path).unwrap().lines() {
-        match RideEvent::parse(line.as_bytes()) {
-            Ok(event) => {
-                let key = ride_id_key(line.as_bytes()).unwrap();
-                let partition = partition_for(Some(key.as_bytes()), 12, 0);
-                let ms = event.timestamp.millis();
-                let clock = clocks.entry(partition).or_insert(ms);
-                if ms < *clock - lateness_ms {
-                    late += 1;
-                }
-                *clock = (*clock).max(ms);
-                max_ms = max_ms.max(ms);
-                events += 1;
-            }
-            Err(error) => *dead.entry(error.reason().to_string()).or_default() += 1,
-        }
-    }
-    assert!(
-        late > 100 && dead.values().sum::<u64>() >= 40,
-        "{late} {dead:?}"
+    let rides = expected(
+        &path,
+        12,
+        lateness_ms,
+        RideEvent::parse,
+        |e| e.timestamp.millis(),
+        |l| ride_id_key(l).map(|k| k.into_owned()),
     );
+    let located = expected(
+        &locations_path,
+        location_partitions,
+        lateness_ms,
+        DriverLocation::parse,
+        |l| l.timestamp.millis(),
+        |l| driver_id_key(l).map(|k| k.into_owned()),
+    );
+    for want in [&rides, &located] {
+        assert!(
+            want.late > 100 && want.dead.values().sum::<u64>() >= 25,
+            "{want:?}"
+        );
+    }
+    let (events, late, dead) = (rides.events, rides.late, &rides.dead);
+    // Both topics post to one marks board: the job's watermark rests at the largest event
+    // time of either, minus the lateness.
+    let max_ms = rides.max_ms.max(located.max_ms);
     eprintln!("dataset: {events} events, {late} late, dead letters {dead:?}");
+    eprintln!(
+        "locations: {} records, {} late, dead letters {:?}",
+        located.events, located.late, located.dead
+    );
     // A backlog: lateness is judged exactly as the reference only when every message is
     // there before the job reads (a partition going idle mid-read would make the job's
     // watermark pass events still to come).
-    ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
+    ns.run(&[
+        "simulate",
+        "--replay",
+        path.to_str().unwrap(),
+        "--replay-locations",
+        locations_path.to_str().unwrap(),
+    ]);
 
     // The job, submitted (`ridepulse job submit`, its own state folder and one process of
     // two workers): its supervisor starts `ridepulse run`, which stays up after catching up,
@@ -196,48 +327,70 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
     assert_eq!(written, target);
     let lag = format!("sum(ridepulse_consumer_lag_messages{selector})");
     // The backlog is read: the lag was above 0 at some scrape and comes down to 0.
-    wait_for(
-        prometheus_port,
-        &format!("count(ridepulse_consumer_lag_messages{selector})"),
-        12.0,
-        Duration::from_secs(60),
+    let (ride_topic, location_topic) = (
+        ns.config.topics.ride_events.as_str(),
+        ns.config.topics.driver_locations.as_str(),
     );
-    wait_for(
-        prometheus_port,
-        &format!("sum(ridepulse_events_read_total{selector})"),
-        events as f64,
-        Duration::from_secs(240),
-    );
+    let on = |topic: &str| format!("{{job=\"{JOB}\",topic=\"{topic}\"}}");
+    for (topic, partitions) in [(ride_topic, 12), (location_topic, location_partitions)] {
+        wait_for(
+            prometheus_port,
+            &format!("count(ridepulse_consumer_lag_messages{})", on(topic)),
+            f64::from(partitions),
+            Duration::from_secs(60),
+        );
+    }
+    for (topic, want) in [(ride_topic, &rides), (location_topic, &located)] {
+        wait_for(
+            prometheus_port,
+            &format!("sum(ridepulse_events_read_total{})", on(topic)),
+            want.events as f64,
+            Duration::from_secs(240),
+        );
+    }
     wait_for(prometheus_port, &lag, 0.0, Duration::from_secs(60));
     let peak = scalar(prometheus_port, &format!("max_over_time({lag}[10m:1s])")).unwrap();
     assert!(peak > 0.0, "the lag was never seen above 0 (peak {peak})");
     eprintln!("lag peaked at {peak} messages and fell to 0");
 
-    // Exactly the dataset's late events and dead letters, by reason.
+    // Exactly each file's late records and dead letters, by reason, under its topic.
+    for (topic, want) in [(ride_topic, &rides), (location_topic, &located)] {
+        assert_eq!(
+            scalar(
+                prometheus_port,
+                &format!("sum(ridepulse_late_events_total{})", on(topic))
+            ),
+            Some(want.late as f64),
+            "{topic}"
+        );
+        for (reason, count) in &want.dead {
+            assert_eq!(
+                scalar(
+                    prometheus_port,
+                    &format!(
+                        "sum(ridepulse_dead_letters_total{{job=\"{JOB}\",topic=\"{topic}\",reason=\"{reason}\"}})"
+                    )
+                ),
+                Some(*count as f64),
+                "{topic} reason {reason}"
+            );
+        }
+        assert_eq!(
+            scalar(
+                prometheus_port,
+                &format!("sum(ridepulse_dead_letters_total{})", on(topic))
+            ),
+            Some(want.dead.values().sum::<u64>() as f64),
+            "{topic}"
+        );
+    }
+    // The series names of before, summed over topics, still add up (dashboards and alerts).
     assert_eq!(
         scalar(
             prometheus_port,
             &format!("sum(ridepulse_late_events_total{selector})")
         ),
-        Some(late as f64)
-    );
-    for (reason, count) in &dead {
-        assert_eq!(
-            scalar(
-                prometheus_port,
-                &format!("sum(ridepulse_dead_letters_total{{job=\"{JOB}\",reason=\"{reason}\"}})")
-            ),
-            Some(*count as f64),
-            "reason {reason}"
-        );
-    }
-    let total_dead: u64 = dead.values().sum();
-    assert_eq!(
-        scalar(
-            prometheus_port,
-            &format!("sum(ridepulse_dead_letters_total{selector})")
-        ),
-        Some(total_dead as f64)
+        Some((late + located.late) as f64)
     );
 
     // Every partition idle: the watermark rests at the largest event time minus the allowed
@@ -255,6 +408,15 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
         watermark,
         Duration::from_secs(30),
     );
+    // One watermark, reported under both topics.
+    for topic in [ride_topic, location_topic] {
+        wait_for(
+            prometheus_port,
+            &format!("ridepulse_watermark_seconds{}", on(topic)),
+            watermark,
+            Duration::from_secs(30),
+        );
+    }
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     let delay = scalar(
         prometheus_port,
@@ -280,6 +442,28 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
         events as f64,
         Duration::from_secs(30),
     );
+    // Bytes written: exactly the RowBinary ClickHouse itself gives for the rows it holds, in
+    // the writer's column order (no row is written twice in this run, and both tables are
+    // keyed by the message's position, so none collapsed).
+    let all_dead = rides.dead.values().sum::<u64>() + located.dead.values().sum::<u64>();
+    wait_for(
+        prometheus_port,
+        &format!("sum(ridepulse_writer_rows_total{{job=\"{JOB}\",table=\"dead_letters\"}})"),
+        all_dead as f64,
+        Duration::from_secs(30),
+    );
+    for (table, columns) in [
+        ("ride_events", "event_type, ride_id, timestamp, timestamp_ms, city, user_id, driver_id, estimated_fare, pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, kafka_partition, kafka_offset, is_late, ingested_at"),
+        ("dead_letters", "source_topic, kafka_partition, kafka_offset, error, reason, payload, received_at"),
+    ] {
+        let want = row_binary_bytes(&ns, &format!("SELECT {columns} FROM {table}"));
+        let got = scalar(
+            prometheus_port,
+            &format!("sum(ridepulse_writer_bytes_total{{job=\"{JOB}\",table=\"{table}\"}})"),
+        );
+        assert_eq!(got, Some(want as f64), "{table}");
+        eprintln!("{table}: {want} bytes of RowBinary, as ClickHouse encodes its rows");
+    }
     let age = scalar(
         prometheus_port,
         &format!("max(ridepulse_checkpoint_age_seconds{selector})"),
@@ -364,6 +548,21 @@ fn prometheus_reads_lag_watermark_late_events_and_dead_letters_and_every_panel_r
         eprintln!("ok   Prometheus: {title}: {} series", result.len());
     }
     assert_eq!(queries.len(), 12 + 3);
+
+    // Stopped, no process answers: `job list` computes the lag of both topics from the
+    // checkpoints and the broker, and it is 0 too.
+    jobs.run(&["job", "stop", JOB]);
+    cleanup.jobs = None;
+    let list = jobs.run(&["job", "list"]);
+    eprintln!("{list}");
+    let row: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with(JOB))
+        .unwrap_or_else(|| panic!("{list}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "stopped", "{list}");
+    assert_eq!(row[row.len() - 2], "0", "lag from the checkpoints: {list}");
     drop(cleanup);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,8 +2,10 @@
 //!
 //! - [`schema`]: SPEC §4's tables, with DDL chosen from the server's `version()` (modern
 //!   servers get LowCardinality, DateTime64(3) and TTL; Debian's 18.16 gets documented
-//!   equivalents), `ridepulse migrate`, and the column check every job runs at start.
-//! - [`rows`]: the RowBinary row types the sinks insert.
+//!   equivalents), `ridepulse migrate` (its output in [`migration`]), and the column check
+//!   every job runs at start.
+//! - [`rows`]: the RowBinary row types the sinks insert; [`row_size`] their encoded size,
+//!   for `/metrics`.
 //! - [`writer`]: the per-process writer thread that performs every durable write of a job
 //!   (ClickHouse inserts and confirmed Kafka deliveries) with retries and backoff.
 //!
@@ -11,6 +13,8 @@
 //! client from `[clickhouse]` and [`block_on`] runs one call to completion for the
 //! synchronous callers (the CLI and tests).
 
+pub mod migration;
+pub mod row_size;
 pub mod rows;
 pub mod schema;
 pub mod writer;

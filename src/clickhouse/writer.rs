@@ -37,6 +37,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use timely::scheduling::SyncActivator;
 use tracing::{error, info, warn};
 
+use super::row_size::row_binary_size;
 use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord, SupplyRecord};
 use super::schema::Layout;
 use super::{ClickHouseError, Severity, INSERT_TIMEOUT};
@@ -773,13 +774,27 @@ where
         .await
         .map_err(fail)?
         .with_timeouts(Some(INSERT_TIMEOUT), Some(INSERT_TIMEOUT));
+    // What the crate encodes, sized by walking the same `Serialize` (it reports no sizes).
+    // A row that cannot be sized is a metrics bug, never a reason to fail the insert.
+    let (mut bytes, mut unsized_rows) = (0, 0);
     for record in records {
+        match row_binary_size(record) {
+            Ok(size) => bytes += size,
+            Err(_) => unsized_rows += 1,
+        }
         insert.write(record).await.map_err(fail)?;
+    }
+    if unsized_rows > 0 {
+        warn!(
+            table,
+            rows = unsized_rows,
+            "rows not counted in ridepulse_writer_bytes_total"
+        );
     }
     insert.end().await.map_err(fail)?;
     stats
         .tables
-        .inserted(table, records.len(), started.elapsed());
+        .inserted(table, records.len(), bytes, started.elapsed());
     Ok(())
 }
 

@@ -134,25 +134,39 @@ fn watermark(config: &Config, group: &str) -> Option<String> {
         .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
 }
 
+/// Messages of both input topics not yet processed (what `/metrics` reports as
+/// `ridepulse_consumer_lag_messages`, summed), for a job no process of which answers.
 fn lag(config: &Config, group: &str) -> Option<i64> {
+    let client = clickhouse::connect(&config.clickhouse);
+    let consumer: BaseConsumer =
+        settings::consumer(&config.kafka.brokers, group, "ridepulse-job-list")
+            .create()
+            .ok()?;
+    let mut lag = 0;
+    for topic in [&config.topics.ride_events, &config.topics.driver_locations] {
+        lag += topic_lag(&client, &consumer, group, topic)?;
+    }
+    Some(lag)
+}
+
+fn topic_lag(
+    client: &::clickhouse::Client,
+    consumer: &BaseConsumer,
+    group: &str,
+    topic: &str,
+) -> Option<i64> {
     // Processed = below the checkpoints' `written_to` (read and durably written); the
     // committed offsets are resume points a window length further back, so they would
     // show a window's worth of lag even when the job is fully caught up.
-    let client = clickhouse::connect(&config.clickhouse);
     let query = client
         .query("SELECT kafka_partition, written_to FROM checkpoints FINAL WHERE consumer_group = ? AND topic = ?")
         .bind(group)
-        .bind(config.topics.ride_events.as_str());
+        .bind(topic);
     let written: Vec<(u32, i64)> = clickhouse::block_on(async {
         tokio::time::timeout(Duration::from_secs(5), query.fetch_all::<(u32, i64)>()).await
     })
     .ok()?
     .ok()?;
-    let consumer: BaseConsumer =
-        settings::consumer(&config.kafka.brokers, group, "ridepulse-job-list")
-            .create()
-            .ok()?;
-    let topic = &config.topics.ride_events;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(5))
         .ok()?;

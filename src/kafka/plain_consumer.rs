@@ -49,6 +49,79 @@ impl ReadStats {
     pub fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The `key=value` line `ridepulse consume` prints for a pass over `topic`.
+    pub fn report(&self, topic: &str) -> String {
+        format!(
+            "topic={topic} partitions={} messages={} bytes={} seconds={:.3} messages_per_sec={:.0} longest_pause_ms={:.1}",
+            self.partitions,
+            self.messages,
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.longest_pause.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// What `ridepulse consume` found in a topic's backlog.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BacklogReport {
+    /// The topic.
+    pub topic: String,
+    /// What the pass measured.
+    pub stats: ReadStats,
+    /// For the ride-events topic: (valid events, messages that are not), by SPEC §2.
+    pub ride_events: Option<(u64, u64)>,
+}
+
+/// The lines `ridepulse consume` prints after the messages: the pass's `key=value` line and,
+/// for ride events, `valid_events=N invalid_messages=M`.
+impl std::fmt::Display for BacklogReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.stats.report(&self.topic))?;
+        if let Some((valid, invalid)) = self.ride_events {
+            write!(f, "\nvalid_events={valid} invalid_messages={invalid}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `ridepulse consume`: reads `topic`'s backlog, hands the first `print` messages to `line`
+/// as `p<partition> @<offset> <payload>`, and (when `ride_events`) checks each message as a
+/// ride event.
+pub fn inspect_backlog(
+    brokers: &str,
+    topic: &str,
+    ride_events: bool,
+    print: usize,
+    mut line: impl FnMut(&str),
+) -> Result<BacklogReport, KafkaError> {
+    let mut printed = 0;
+    let (mut valid, mut invalid) = (0u64, 0u64);
+    let stats = read_backlog(brokers, topic, Duration::from_secs(30), |message| {
+        let payload = message.payload().unwrap_or_default();
+        if ride_events {
+            match dataflows::event::RideEvent::parse(payload) {
+                Ok(_) => valid += 1,
+                Err(_) => invalid += 1,
+            }
+        }
+        if printed < print {
+            printed += 1;
+            line(&format!(
+                "p{} @{} {}",
+                message.partition(),
+                message.offset(),
+                String::from_utf8_lossy(payload)
+            ));
+        }
+    })?;
+    Ok(BacklogReport {
+        topic: topic.to_string(),
+        stats,
+        ride_events: ride_events.then_some((valid, invalid)),
+    })
 }
 
 /// Reads every partition of `topic` from its low watermark to the high watermark it has at
@@ -166,6 +239,18 @@ impl FollowStats {
         }
         let index = ((self.latencies_ms.len() - 1) as f64 * q).round() as usize;
         self.latencies_ms[index]
+    }
+
+    /// The `key=value` line `ridepulse consume --follow` prints for `topic`.
+    pub fn report(&self, topic: &str) -> String {
+        format!(
+            "topic={topic} messages={} latency_ms_p50={} latency_ms_p95={} latency_ms_p99={} latency_ms_max={}",
+            self.messages,
+            self.quantile(0.5),
+            self.quantile(0.95),
+            self.quantile(0.99),
+            self.quantile(1.0)
+        )
     }
 }
 

@@ -3,7 +3,9 @@
 //! `ridepulse topics create` must be safe to run on every start: an existing topic with the
 //! right partition count is left alone, one with the wrong count is reported (never
 //! silently "fixed"), and a topic created by someone else in the meantime is not an error.
+//! [`create_report`] and [`list_report`] are what the two commands print.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use futures_executor::block_on;
@@ -179,6 +181,54 @@ pub fn create(config: &Config) -> Result<Vec<(TopicSpec, Outcome)>, KafkaError> 
         }
     }
     Ok(results)
+}
+
+/// What `ridepulse topics create` prints: one line per topic of SPEC §1, created or already
+/// there, with its partitions and configs.
+pub fn create_report(results: &[(TopicSpec, Outcome)]) -> String {
+    let mut text = String::new();
+    for (spec, outcome) in results {
+        let configs: Vec<String> = spec
+            .configs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let what = match outcome {
+            Outcome::Created => "created",
+            Outcome::Existed => "exists ",
+        };
+        let _ = writeln!(
+            text,
+            "{what} {:<24} partitions={:<3} {}",
+            spec.name,
+            spec.partitions,
+            configs.join(" ")
+        );
+    }
+    text
+}
+
+/// What `ridepulse topics list` prints: one line per topic of SPEC §1 (`specs`, in order),
+/// with what the broker holds of it (`infos`, from [`list`]) or that it is missing.
+pub fn list_report(specs: &[TopicSpec], infos: &[Option<TopicInfo>]) -> String {
+    let mut text = String::new();
+    for (spec, info) in specs.iter().zip(infos) {
+        let _ = match info {
+            Some(info) => writeln!(
+                text,
+                "{:<24} partitions={:<3} messages={}",
+                info.name,
+                info.partitions.len(),
+                info.messages()
+            ),
+            None => writeln!(
+                text,
+                "{:<24} missing (run `ridepulse topics create`)",
+                spec.name
+            ),
+        };
+    }
+    text
 }
 
 /// A topic as the broker reports it.

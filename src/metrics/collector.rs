@@ -19,13 +19,16 @@ use crate::clickhouse::writer::{Writer, REJECTED_BY_CLICKHOUSE};
 use crate::jobs::JobDir;
 use crate::kafka::source::SourceCounters;
 
+/// One source of the job: the topic it reads (the `topic` label of its counters) and its
+/// counters (and gauges).
+pub type Source = (String, Arc<SourceCounters>);
+
 /// Everything one job process reports.
 #[derive(Clone)]
 pub struct JobCollector {
-    /// The topic the job's events come from (the `topic` label of the event counters).
-    pub topic: String,
-    /// The source's counters (and its gauges).
-    pub counters: Arc<SourceCounters>,
+    /// Every source of the process, the ride-events source first (ClickHouse's refusals of
+    /// ride events are dead letters of its topic).
+    pub sources: Vec<Source>,
     /// The process's writer.
     pub writer: Arc<Writer>,
     /// A job run by `ridepulse job`: its name and the state file the supervisor keeps its
@@ -36,17 +39,20 @@ pub struct JobCollector {
 impl std::fmt::Debug for JobCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobCollector")
-            .field("topic", &self.topic)
+            .field(
+                "topics",
+                &self.sources.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl JobCollector {
-    /// The collector for a job whose consumer group is `group` (jobs submitted with
-    /// `ridepulse job submit` use `ridepulse-job-<name>`, whose state lives in `state_dir`).
+    /// The collector for a job reading `sources` whose consumer group is `group` (jobs
+    /// submitted with `ridepulse job submit` use `ridepulse-job-<name>`, whose state lives
+    /// in `state_dir`).
     pub fn new(
-        topic: &str,
-        counters: Arc<SourceCounters>,
+        sources: Vec<Source>,
         writer: Arc<Writer>,
         group: &str,
         state_dir: &std::path::Path,
@@ -55,8 +61,7 @@ impl JobCollector {
             .strip_prefix("ridepulse-job-")
             .map(|name| (name.to_string(), JobDir::new(state_dir, name)));
         JobCollector {
-            topic: topic.to_string(),
-            counters,
+            sources,
             writer,
             supervised,
         }
@@ -103,14 +108,16 @@ fn counter_f64(
 
 impl Collector for JobCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = &self.counters;
         let stats = self.writer.stats();
-        let topic = self.topic.as_str();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
-        // Per topic and partition.
-        let partitions = c.gauges.partitions();
+        // Per topic and partition (each source records its own topic's partitions).
+        let partitions: Vec<_> = self
+            .sources
+            .iter()
+            .flat_map(|(_, c)| c.gauges.partitions())
+            .collect();
         let numbers: Vec<String> = partitions.iter().map(|((_, p), _)| p.to_string()).collect();
         let labels = |i: usize| -> Labels {
             vec![
@@ -142,7 +149,11 @@ impl Collector for JobCollector {
         gauge(&mut e, "ridepulse_partition_idle", "1 when the partition no longer holds the watermark back (finished, or at its end and quiet for the idle timeout).", &idle)?;
 
         // The watermark per topic.
-        let marks = c.gauges.watermarks();
+        let marks: Vec<_> = self
+            .sources
+            .iter()
+            .flat_map(|(_, c)| c.gauges.watermarks())
+            .collect();
         let watermark: Vec<_> = marks
             .iter()
             .map(|(t, ms)| (vec![("topic", t.as_str())], *ms as f64 / 1000.0))
@@ -164,42 +175,58 @@ impl Collector for JobCollector {
             &delay,
         )?;
 
-        // What was read.
-        let on_topic = || vec![("topic", topic)];
+        // What was read, per topic.
+        let per_topic = |count: fn(&SourceCounters) -> &std::sync::atomic::AtomicU64| {
+            self.sources
+                .iter()
+                .map(|(topic, c)| (vec![("topic", topic.as_str())], load(count(c))))
+                .collect::<Vec<_>>()
+        };
         counter(
             &mut e,
             "ridepulse_events_read",
-            "Valid events read (of the cities this job owns).",
-            &[(on_topic(), load(&c.events))],
+            "Valid records read (of the cities this job owns), by topic.",
+            &per_topic(|c| &c.events),
         )?;
-        counter(&mut e, "ridepulse_late_events", "Late events among them (behind their partition's clock by more than the allowed lateness).", &[(on_topic(), load(&c.late))])?;
-        let mut dead: Vec<(Labels, u64)> = EventError::REASONS
-            .iter()
-            .zip(&c.invalid_by_reason)
-            .map(|(reason, count)| (vec![("topic", topic), ("reason", *reason)], load(count)))
-            .collect();
-        dead.push((
-            vec![("topic", topic), ("reason", REJECTED_BY_CLICKHOUSE)],
-            load(&stats.rejected_events),
-        ));
-        counter(&mut e, "ridepulse_dead_letters", "Messages that are dead letters, by reason (invalid messages as read; valid events ClickHouse refused).", &dead)?;
+        counter(&mut e, "ridepulse_late_events", "Late records among them (behind their partition's clock by more than the allowed lateness), by topic.", &per_topic(|c| &c.late))?;
+        let mut dead: Vec<(Labels, u64)> = Vec::new();
+        for (topic, c) in &self.sources {
+            dead.extend(EventError::REASONS.iter().zip(&c.invalid_by_reason).map(
+                |(reason, count)| {
+                    (
+                        vec![("topic", topic.as_str()), ("reason", *reason)],
+                        load(count),
+                    )
+                },
+            ));
+        }
+        if let Some((topic, _)) = self.sources.first() {
+            dead.push((
+                vec![
+                    ("topic", topic.as_str()),
+                    ("reason", REJECTED_BY_CLICKHOUSE),
+                ],
+                load(&stats.rejected_events),
+            ));
+        }
+        counter(&mut e, "ridepulse_dead_letters", "Messages that are dead letters, by topic and reason (invalid messages as read; valid events ClickHouse refused).", &dead)?;
         counter(
             &mut e,
             "ridepulse_other_city_events",
-            "Valid events of cities another job owns (read, not counted).",
-            &[(on_topic(), load(&c.other_cities))],
+            "Valid records of cities another job owns (read, not counted).",
+            &per_topic(|c| &c.other_cities),
         )?;
         counter(
             &mut e,
             "ridepulse_replayed_events",
-            "Events re-read after a restart that were already written.",
-            &[(on_topic(), load(&c.replayed))],
+            "Records re-read after a restart that were already written.",
+            &per_topic(|c| &c.replayed),
         )?;
         counter(
             &mut e,
             "ridepulse_retention_gap_messages",
             "Messages retention deleted after the job's checkpoint (never read).",
-            &[(on_topic(), load(&c.retention_gap))],
+            &per_topic(|c| &c.retention_gap),
         )?;
         let (rows, finals) = (load(&stats.metrics), load(&stats.finals));
         counter(
@@ -226,7 +253,16 @@ impl Collector for JobCollector {
             "Rows inserted into ClickHouse, by table.",
             &tables
                 .iter()
-                .map(|(t, rows, _)| (vec![("table", *t)], *rows))
+                .map(|t| (vec![("table", t.table)], t.rows))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut e,
+            "ridepulse_writer_bytes",
+            "Bytes of RowBinary inserted into ClickHouse (the rows' encoding, before HTTP compression), by table.",
+            &tables
+                .iter()
+                .map(|t| (vec![("table", t.table)], t.bytes))
                 .collect::<Vec<_>>(),
         )?;
         let mut latency = e.encode_descriptor(
@@ -235,8 +271,9 @@ impl Collector for JobCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (table, _, histogram) in &tables {
-            histogram.encode(latency.encode_family(&vec![("table", *table)])?)?;
+        for t in &tables {
+            t.latency
+                .encode(latency.encode_family(&vec![("table", t.table)])?)?;
         }
         let (retries, clickhouse) = (load(&stats.retries), load(&stats.clickhouse_retries));
         counter(&mut e, "ridepulse_writer_retries", "Failed write attempts that were retried, by kind (clickhouse insert or kafka delivery).", &[(vec![("kind", "clickhouse")], clickhouse), (vec![("kind", "kafka")], retries.saturating_sub(clickhouse))])?;
@@ -246,7 +283,12 @@ impl Collector for JobCollector {
             "Dead letters delivered to the dead-letter topic.",
             &[(vec![], load(&stats.dead_letters))],
         )?;
-        counter_f64(&mut e, "ridepulse_backpressure_seconds", "Time sources did not read because the writer's queue was full (summed over worker threads).", c.gauges.backpressure().as_secs_f64())?;
+        let backpressure: f64 = self
+            .sources
+            .iter()
+            .map(|(_, c)| c.gauges.backpressure().as_secs_f64())
+            .sum();
+        counter_f64(&mut e, "ridepulse_backpressure_seconds", "Time sources did not read because the writer's queue was full (summed over worker threads and sources).", backpressure)?;
 
         // Checkpoints.
         if let Some(ms) = stats.tables.last_checkpoint_ms() {
@@ -267,7 +309,7 @@ impl Collector for JobCollector {
             &mut e,
             "ridepulse_offsets_committed",
             "Partition offsets committed to the consumer group.",
-            &[(on_topic(), load(&c.gauges.offsets_committed))],
+            &per_topic(|c| &c.gauges.offsets_committed),
         )?;
 
         // The supervisor's restarts, from the state it keeps (0 for a job run by hand, whose

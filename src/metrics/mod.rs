@@ -107,13 +107,22 @@ impl SourceGauges {
     }
 }
 
-/// The ClickHouse tables the writer inserts into, in [`TableMetrics`]' order.
-pub const TABLES: [&str; 4] = ["ride_events", "dead_letters", "city_metrics", "checkpoints"];
+/// The ClickHouse tables the writer inserts into, in [`TableMetrics`]' order (an insert into
+/// a table not listed here is not reported).
+pub const TABLES: [&str; 5] = [
+    "ride_events",
+    "dead_letters",
+    "city_metrics",
+    "city_supply",
+    "checkpoints",
+];
 
 /// Per-table insert figures, updated once per successful insert by the writer thread.
 #[derive(Debug)]
 pub struct TableMetrics {
     rows: [AtomicU64; TABLES.len()],
+    /// RowBinary bytes of those rows (see `clickhouse::row_size`).
+    bytes: [AtomicU64; TABLES.len()],
     latency: [Histogram; TABLES.len()],
     /// When the last checkpoint insert was acknowledged (ms since the epoch; 0: none yet).
     last_checkpoint_ms: AtomicI64,
@@ -125,20 +134,22 @@ impl Default for TableMetrics {
         let histogram = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
         TableMetrics {
             rows: Default::default(),
-            latency: [histogram(), histogram(), histogram(), histogram()],
+            bytes: Default::default(),
+            latency: std::array::from_fn(|_| histogram()),
             last_checkpoint_ms: AtomicI64::new(0),
         }
     }
 }
 
 impl TableMetrics {
-    /// Records an acknowledged insert of `rows` rows into `table` that took `took` (its
-    /// last attempt).
-    pub fn inserted(&self, table: &str, rows: usize, took: Duration) {
+    /// Records an acknowledged insert of `rows` rows (`bytes` bytes of RowBinary) into
+    /// `table` that took `took` (its last attempt).
+    pub fn inserted(&self, table: &str, rows: usize, bytes: u64, took: Duration) {
         let Some(index) = TABLES.iter().position(|t| *t == table) else {
             return;
         };
         self.rows[index].fetch_add(rows as u64, Ordering::Relaxed);
+        self.bytes[index].fetch_add(bytes, Ordering::Relaxed);
         self.latency[index].observe(took.as_secs_f64());
         if table == "checkpoints" {
             self.last_checkpoint_ms
@@ -146,14 +157,13 @@ impl TableMetrics {
         }
     }
 
-    /// (table, rows, latency histogram) for every table.
-    pub fn tables(&self) -> impl Iterator<Item = (&'static str, u64, &Histogram)> {
-        TABLES.iter().enumerate().map(|(i, table)| {
-            (
-                *table,
-                self.rows[i].load(Ordering::Relaxed),
-                &self.latency[i],
-            )
+    /// Every table's figures so far.
+    pub fn tables(&self) -> impl Iterator<Item = TableFigures<'_>> {
+        TABLES.iter().enumerate().map(|(i, table)| TableFigures {
+            table,
+            rows: self.rows[i].load(Ordering::Relaxed),
+            bytes: self.bytes[i].load(Ordering::Relaxed),
+            latency: &self.latency[i],
         })
     }
 
@@ -163,22 +173,35 @@ impl TableMetrics {
     }
 }
 
-/// Starts process `process`'s `/metrics` endpoint for a job reading `topic` as consumer
-/// group `group`, at the address the layout and `metrics.listen` give it (none when the key
-/// is empty and the layout names none).
+/// One table's insert figures, as [`TableMetrics::tables`] reads them.
+#[derive(Debug)]
+pub struct TableFigures<'a> {
+    /// The table.
+    pub table: &'static str,
+    /// Rows inserted.
+    pub rows: u64,
+    /// RowBinary bytes of those rows.
+    pub bytes: u64,
+    /// Acknowledged inserts' durations.
+    pub latency: &'a Histogram,
+}
+
+/// Starts process `process`'s `/metrics` endpoint for a job reading `sources` (topic and
+/// counters, the ride-events source first) as consumer group `group`, at the address the
+/// layout and `metrics.listen` give it (none when the key is empty and the layout names
+/// none).
 pub fn serve_job(
     config: &crate::config::Config,
     layout: &crate::cluster::Layout,
     process: usize,
     group: &str,
-    counters: std::sync::Arc<crate::kafka::source::SourceCounters>,
+    sources: Vec<collector::Source>,
     writer: std::sync::Arc<crate::clickhouse::writer::Writer>,
 ) -> Option<server::MetricsServer> {
     let address = layout.metrics_address(process, &config.metrics.listen)?;
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(collector::JobCollector::new(
-        &config.topics.ride_events,
-        counters,
+        sources,
         writer,
         group,
         &config.cluster.state_dir(),
@@ -221,18 +244,22 @@ mod tests {
     fn inserts_are_counted_per_table_and_checkpoints_dated() {
         let tables = TableMetrics::default();
         assert_eq!(tables.last_checkpoint_ms(), None);
-        tables.inserted("ride_events", 100, Duration::from_millis(20));
-        tables.inserted("ride_events", 50, Duration::from_millis(40));
-        tables.inserted("checkpoints", 12, Duration::from_millis(5));
-        tables.inserted("elsewhere", 1, Duration::from_millis(5));
-        let rows: Vec<(&str, u64)> = tables.tables().map(|(t, rows, _)| (t, rows)).collect();
+        tables.inserted("ride_events", 100, 9_000, Duration::from_millis(20));
+        tables.inserted("ride_events", 50, 4_000, Duration::from_millis(40));
+        tables.inserted("checkpoints", 12, 600, Duration::from_millis(5));
+        tables.inserted("elsewhere", 1, 10, Duration::from_millis(5));
+        let rows: Vec<(&str, u64, u64)> = tables
+            .tables()
+            .map(|t| (t.table, t.rows, t.bytes))
+            .collect();
         assert_eq!(
             rows,
             [
-                ("ride_events", 150),
-                ("dead_letters", 0),
-                ("city_metrics", 0),
-                ("checkpoints", 12)
+                ("ride_events", 150, 13_000),
+                ("dead_letters", 0, 0),
+                ("city_metrics", 0, 0),
+                ("city_supply", 0, 0),
+                ("checkpoints", 12, 600)
             ]
         );
         assert!(tables.last_checkpoint_ms().is_some());
