@@ -85,7 +85,7 @@ fn rollups_equal_the_raw_rows_through_a_kill_and_restart() {
     ns.create_topics();
     ns.migrate();
     let dir = temp_dir("rollups");
-    let path = common::dataset(&ns, &dir, 12_000, 1_000, "2026-11-20T10:00:00Z");
+    let path = common::dataset(&ns, &dir, 30_000, 500, "2026-11-20T10:00:00Z");
     let (lines, valid) = common::lines_of(&path);
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
 
