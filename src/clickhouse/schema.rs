@@ -489,6 +489,24 @@ mod tests {
     }
 
     #[test]
+    fn late_events_are_rolled_up_as_sets_of_positions_on_every_server() {
+        for features in [Features::of_version("18.16.1").unwrap(), Features::MODERN] {
+            let ddl = statements("rp", features).join("\n");
+            assert!(ddl.contains("CREATE TABLE IF NOT EXISTS rp.city_minutes"));
+            assert!(ddl.contains("riders Array(String)"));
+            assert!(ddl.contains("AggregateFunction(uniqExact, UInt32, UInt64)"));
+            assert!(ddl.contains(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS rp.city_minute_late_mv TO rp.city_minute_late"
+            ));
+            assert!(ddl.contains("uniqExactState(kafka_partition, kafka_offset)"));
+            // The view comes after the table it reads and the table it fills.
+            let view = ddl.find("MATERIALIZED VIEW").unwrap();
+            assert!(ddl.find("rp.ride_events\n(").unwrap() < view);
+            assert!(ddl.find("rp.city_minute_late\n(").unwrap() < view);
+        }
+    }
+
+    #[test]
     fn type_comparison_ignores_encoding_neutral_details() {
         assert!(same_type("LowCardinality(String)", "String"));
         assert!(same_type("DateTime('UTC')", "DateTime"));
