@@ -2,9 +2,10 @@
 
 Usage: dashboard_queries.py CLICKHOUSE_URL DATABASE GRAFANA_DASHBOARD_JSON SNAPSHOT_URL [RUNS]
 
-DATABASE must hold the history (scripts/bench fills it: 7 days of city_metrics, 10 M raw
-events). Each Grafana panel query (the plugin's macros expanded for "last 1 hour", as the
-dashboard opens) and the built-in dashboard's whole
+DATABASE must hold the history (scripts/bench fills it: 30 days of city_metrics, raw
+events and their per-minute rollups). Each Grafana panel query (the plugin's macros expanded
+for "last 1 hour", as the dashboard opens), the raw-table queries those panels ran before
+the rollups (RAW_BEFORE, for comparison on the same data) and the built-in dashboard's whole
 /api/snapshot (all its queries in one request) run RUNS times (default 20) after one
 warm-up; prints p50 / p95 / max in milliseconds per query, as a table and as JSON lines.
 """
@@ -15,6 +16,16 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+
+
+# The panels' queries before the per-minute rollups (issue 16): they scanned ride_events.
+RAW_BEFORE = {
+    "Pipeline freshness": "SELECT round((toUInt64(now()) * 1000 - max(timestamp_ms)) / 1000, 1) AS freshness_seconds\nFROM ride_events",
+    "Events in the last 5 minutes": "SELECT count() AS events, countIf(is_late = 1) AS late_events\nFROM ride_events FINAL\nWHERE timestamp >= now() - INTERVAL 5 MINUTE",
+    "Late events and dead letters per minute": "SELECT time, sum(late) AS late_events, sum(dead) AS dead_letters\nFROM (\n    SELECT toStartOfMinute(timestamp) AS time, countIf(is_late = 1) AS late, toUInt64(0) AS dead\n    FROM ride_events FINAL\n    WHERE $__timeFilter(timestamp)\n    GROUP BY time\n    UNION ALL\n    SELECT toStartOfMinute(received_at) AS time, toUInt64(0) AS late, count() AS dead\n    FROM dead_letters FINAL\n    WHERE $__timeFilter(received_at)\n    GROUP BY time\n)\nGROUP BY time\nORDER BY time",
+    "Ride requests per minute": "SELECT toStartOfMinute(timestamp) AS time, city, countIf(event_type = 'requested') AS requests\nFROM ride_events FINAL\nWHERE $__timeFilter(timestamp) AND is_late = 0\nGROUP BY time, city\nORDER BY time, city",
+    "Cities in the last hour": "SELECT city, countIf(event_type = 'requested') AS requests, countIf(event_type = 'completed') AS completions,\n    countIf(event_type = 'cancelled') AS cancellations,\n    round(100 * countIf(event_type = 'completed') / greatest(countIf(event_type = 'requested'), 1), 1) AS completion_rate_pct,\n    round(avg(estimated_fare), 2) AS avg_fare, uniqExact(user_id) AS unique_riders, count() AS events\nFROM ride_events FINAL\nWHERE timestamp >= now() - INTERVAL 1 HOUR\nGROUP BY city\nORDER BY requests DESC, city",
+}
 
 
 def expand(sql, start, end, interval_s):
@@ -56,6 +67,9 @@ def main():
     for panel in panels:
         sql = expand(panel["targets"][0]["rawSql"], start, end, 10)
         results.append(("grafana: " + panel["title"], *timed(lambda: query(sql), runs)))
+    for title, raw in RAW_BEFORE.items():
+        sql = expand(raw, start, end, 10)
+        results.append(("before (raw scan): " + title, *timed(lambda: query(sql), runs)))
 
     def snapshot():
         with urllib.request.urlopen(snapshot_url, timeout=120) as response:

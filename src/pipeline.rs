@@ -5,7 +5,8 @@
 //! `--from-file` / `--locations-file`) → the city-metrics dataflow (ride events only, SPEC
 //! §3) and the supply dataflow (both, SPEC §5) → sinks. The ingest sinks write raw events
 //! to `ride_events` and dead letters of both topics to the dead-letter topic; the metrics
-//! sink upserts rows into `city_metrics` and sends them to `analytics-aggregated`; the
+//! sink upserts rows into `city_metrics` and sends them to `analytics-aggregated`, the
+//! rollup sink upserts per-minute rows into `city_minutes` (what the dashboards read); the
 //! supply sink upserts rows into `city_supply` and sends them to `city-supply`. A probe on
 //! every sink is the durable frontier both sources checkpoint behind (see
 //! `kafka::source`), so a checkpoint never passes a metrics or supply row that is not
@@ -58,6 +59,7 @@ use crate::kafka::source::{
 use crate::kafka::topics;
 use crate::sinks::ingest::{ingest_sink, IngestProgress};
 use crate::sinks::metrics::metrics_sink;
+use crate::sinks::minutes::minutes_sink;
 use crate::sinks::supply::supply_sink;
 
 /// How to run the job.
@@ -420,6 +422,7 @@ pub fn run<W: Write + Send + 'static>(
             ingest_sink(ingested, writer.clone(), progress).probe_with(&durable);
             ingest_sink(located, writer.clone(), location_progress).probe_with(&durable);
             metrics_sink(rows, writer.clone()).probe_with(&durable);
+            minutes_sink(metrics.minutes, writer.clone()).probe_with(&durable);
             supply_sink(city_supply.rows, writer).probe_with(&durable);
             Ok(())
         })

@@ -78,9 +78,9 @@ fn every_panel_query_runs_on_both_servers_with_the_expected_columns() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Every panel (13) and the two alert queries ran on both servers (4 tables copied).
+    // Every panel (13) and the two alert queries ran on both servers (5 tables copied).
     assert_eq!(stdout.matches("ok   local ClickHouse: ").count(), 15);
-    assert_eq!(stdout.matches("ok   chDB: ").count(), 15 + 4);
+    assert_eq!(stdout.matches("ok   chDB: ").count(), 15 + 5);
     assert!(stdout.contains("alert rule: Pressure above 2"), "{stdout}");
     // The pressure alert's values, the same on both servers: a city with riders waiting and
     // no driver available counts as if one were (6 / 1), calm kosice is under 2.

@@ -15,6 +15,11 @@
 //! its final row written — the tight bound the source's checkpoints rely on.
 //! While a window is open, its row is emitted at most once per emit interval when it
 //! changed (`is_final = 0`, `version` = its event count so far).
+//!
+//! The same buckets also give the per-minute rollup rows ([`CityMinuteRow`], table
+//! `city_minutes`): a bucket marks itself changed when an event lands in it (O(1) per event),
+//! its row goes out with the windows' updates, and its final row once the frontier passes
+//! the minute's end — under the same rules, so a restart re-emits identical final rows.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
@@ -28,6 +33,7 @@ use timely::dataflow::StreamVec;
 
 use crate::event::{EventType, Timestamp};
 use crate::metrics_row::{final_version, CityMetricsRow};
+use crate::minute_row::CityMinuteRow;
 use crate::partitioned_source::SourcedEvent;
 
 /// Window shape and emission settings.
@@ -68,8 +74,17 @@ pub struct LateEvent {
 pub struct CityMetrics<'scope> {
     /// Metric rows: updates while windows are open, one final row per window.
     pub rows: StreamVec<'scope, u64, CityMetricsRow>,
+    /// Per-minute rollup rows: updates while a minute is open, one final row per minute.
+    pub minutes: StreamVec<'scope, u64, CityMinuteRow>,
     /// Every late event (they add to no window).
     pub late: StreamVec<'scope, u64, LateEvent>,
+}
+
+/// What the operator emits: both kinds of rows at the same capability.
+#[derive(Clone, Debug)]
+enum Emitted {
+    Window(CityMetricsRow),
+    Minute(CityMinuteRow),
 }
 
 /// One city's events in one minute.
@@ -77,8 +92,14 @@ pub struct CityMetrics<'scope> {
 struct Bucket {
     total: u64,
     requests: u64,
+    accepted: u64,
+    started: u64,
     completions: u64,
     cancellations: u64,
+    /// The largest event time in the bucket (ms).
+    max_ms: i64,
+    /// Changed since its minute row was last emitted.
+    dirty: bool,
     /// Fares summed in nanounits: integer addition is exact and order-independent, so a
     /// replay gives bit-identical averages whatever the interleaving.
     fare_nanos: i128,
@@ -113,13 +134,19 @@ impl WindowState {
             .get_mut(e.city.as_str())
             .expect("inserted above");
         let bucket = minutes.entry(minute).or_default();
+        if bucket.total == 0 || e.timestamp.millis() > bucket.max_ms {
+            bucket.max_ms = e.timestamp.millis();
+        }
         bucket.total += 1;
         match e.event_type {
             EventType::Requested => bucket.requests += 1,
             EventType::Completed => bucket.completions += 1,
             EventType::Cancelled => bucket.cancellations += 1,
-            EventType::Accepted | EventType::Started => {}
+            EventType::Accepted => bucket.accepted += 1,
+            EventType::Started => bucket.started += 1,
         }
+        // A minute whose final row was written before a restart is rebuilt, not re-emitted.
+        bucket.dirty = minute + 1 > self.finalized_to;
         if let Some(fare) = e.estimated_fare {
             bucket.fare_nanos += (fare * 1e9).round() as i128;
             bucket.fares += 1;
@@ -147,6 +174,34 @@ impl WindowState {
         let last = minute - minute % slide;
         let first = (minute + 1).saturating_sub(length).div_ceil(slide) * slide;
         (first..=last).step_by(slide as usize)
+    }
+
+    /// The rollup row of one minute bucket.
+    fn minute_row(minute: u64, city: &str, bucket: &Bucket, is_final: bool) -> CityMinuteRow {
+        let mut riders: Vec<String> = bucket.riders.iter().cloned().collect();
+        riders.sort_unstable();
+        CityMinuteRow {
+            minute: Timestamp(minute as i64 * 60_000),
+            city: city.to_string(),
+            events: bucket.total,
+            requested: bucket.requests,
+            accepted: bucket.accepted,
+            started: bucket.started,
+            completed: bucket.completions,
+            cancelled: bucket.cancellations,
+            fare_sum: bucket.fare_nanos as f64 / 1e9,
+            fares: bucket.fares,
+            unique_riders: riders.len() as u64,
+            riders,
+            max_event_ms: bucket.max_ms,
+            is_final: u8::from(is_final),
+            version: if is_final {
+                final_version(bucket.total)
+            } else {
+                bucket.total
+            },
+            updated_at: Timestamp(chrono::Utc::now().timestamp_millis()),
+        }
     }
 
     fn row(&self, start: u64, city: &str, is_final: bool) -> Option<CityMetricsRow> {
@@ -213,7 +268,7 @@ pub fn build<'scope>(
     });
     let scope = events.scope();
     let config = config.clone();
-    let rows = events
+    let emitted = events
         .filter(|e| !e.late)
         .unary_frontier(
             Exchange::new(|e: &SourcedEvent| city_hash(&e.event.city)),
@@ -244,6 +299,20 @@ pub fn build<'scope>(
 
                     // Final rows for windows whose end the frontier has passed.
                     if done > state.finalized_to {
+                        // Final rollup rows of the minutes the frontier has passed.
+                        let finalized_to = state.finalized_to;
+                        for (city, minutes) in state.buckets.iter_mut() {
+                            for (minute, bucket) in minutes.range_mut(..done) {
+                                if minute + 1 > finalized_to {
+                                    bucket.dirty = false;
+                                    if let Some(capability) = state.capability.as_ref() {
+                                        output.session(capability).give(Emitted::Minute(
+                                            WindowState::minute_row(*minute, city, bucket, true),
+                                        ));
+                                    }
+                                }
+                            }
+                        }
                         let mut closing: BTreeSet<(u64, String)> = BTreeSet::new();
                         for (city, minutes) in &state.buckets {
                             for minute in minutes.keys() {
@@ -259,7 +328,7 @@ pub fn build<'scope>(
                             if let (Some(row), Some(capability)) =
                                 (state.row(*start, city, true), state.capability.as_ref())
                             {
-                                output.session(capability).give(row);
+                                output.session(capability).give(Emitted::Window(row));
                             }
                             if let Some(starts) = state.dirty.get_mut(city.as_str()) {
                                 starts.remove(start);
@@ -274,8 +343,12 @@ pub fn build<'scope>(
                         state.buckets.retain(|_, minutes| !minutes.is_empty());
                     }
 
-                    // Updates of open windows, at most once per emit interval.
-                    if !state.dirty.is_empty() {
+                    // Updates of open windows and minutes, at most once per emit interval.
+                    let minutes_dirty = state
+                        .buckets
+                        .values()
+                        .any(|minutes| minutes.values().any(|b| b.dirty));
+                    if !state.dirty.is_empty() || minutes_dirty {
                         let since = state.last_flush.elapsed();
                         if since >= state.config.emit_interval {
                             for (city, starts) in std::mem::take(&mut state.dirty) {
@@ -283,7 +356,18 @@ pub fn build<'scope>(
                                     if let (Some(row), Some(capability)) =
                                         (state.row(start, &city, false), state.capability.as_ref())
                                     {
-                                        output.session(capability).give(row);
+                                        output.session(capability).give(Emitted::Window(row));
+                                    }
+                                }
+                            }
+                            for (city, minutes) in state.buckets.iter_mut() {
+                                for (minute, bucket) in minutes.iter_mut().filter(|(_, b)| b.dirty)
+                                {
+                                    bucket.dirty = false;
+                                    if let Some(capability) = state.capability.as_ref() {
+                                        output.session(capability).give(Emitted::Minute(
+                                            WindowState::minute_row(*minute, city, bucket, false),
+                                        ));
                                     }
                                 }
                             }
@@ -308,5 +392,17 @@ pub fn build<'scope>(
             },
         )
         .container::<Vec<_>>();
-    CityMetrics { rows, late }
+    let rows = emitted.clone().flat_map(|emitted| match emitted {
+        Emitted::Window(row) => Some(row),
+        Emitted::Minute(_) => None,
+    });
+    let minutes = emitted.flat_map(|emitted| match emitted {
+        Emitted::Minute(row) => Some(row),
+        Emitted::Window(_) => None,
+    });
+    CityMetrics {
+        rows,
+        minutes,
+        late,
+    }
 }

@@ -11,7 +11,8 @@
 //!                   ├──────────────► late events
 //!                   ▼ exchange by city
 //!                 CityWindows (minute buckets; final when the frontier passes a window's
-//!                 end; updates at most once per emit interval) ──► CityMetricsRow
+//!                 end; updates at most once per emit interval) ──► CityMetricsRow,
+//!                 CityMinuteRow (per-minute rollups)
 //!
 //!  ride events ─┬─► (the stream above)
 //!  locations ───┴─► supply: differential reduces (latest ride / driver state, counts per
@@ -27,6 +28,8 @@
 //!   the emission rule every source shares.
 //! - [`city_metrics`]: the sliding-window operator.
 //! - [`metrics_row`]: the output row of SPEC §4.
+//! - [`minute_row`]: the per-minute rollup row (`city_minutes`) the dashboards read, from
+//!   the same minute buckets as the windows.
 //! - [`supply`]: live supply and demand per city (SPEC §5) on differential dataflow: the
 //!   latest state of every ride and driver, counts per city, final rows per minute; with
 //!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode);
@@ -38,6 +41,7 @@ pub mod city_metrics;
 pub mod event;
 mod latest_per_minute;
 pub mod metrics_row;
+pub mod minute_row;
 pub mod partitioned_source;
 pub mod supply;
 pub mod supply_live;

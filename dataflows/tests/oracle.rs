@@ -2,15 +2,17 @@
 //! independently of the operator, on seeded random streams with out-of-order and very late
 //! events, several partitions with skewed clocks, repeated riders and missing fares. Run
 //! with 1, 2 and 4 workers and several read interleavings: the final rows must be exactly
-//! the oracle's every time.
+//! the oracle's every time. The per-minute rollup rows (`city_minutes`) are checked the same
+//! way against a per-minute recomputation written here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dataflows::city_metrics::{build, WindowConfig};
 use dataflows::event::{EventType, RideEvent, Timestamp};
-use dataflows::metrics_row::CityMetricsRow;
+use dataflows::metrics_row::{final_version, CityMetricsRow};
+use dataflows::minute_row::CityMinuteRow;
 use dataflows::partitioned_source::{replay, ReplayConfig};
 use rand::{Rng, SeedableRng};
 
@@ -66,18 +68,140 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Vec<Vec<RideE
         .collect()
 }
 
-/// Runs the dataflow; returns every row emitted and the late events per city.
-fn run(
-    partitions: &[Vec<RideEvent>],
-    workers: usize,
-    batch: usize,
-) -> (Vec<CityMetricsRow>, BTreeMap<String, u64>) {
+/// What one minute of one city should hold: its on-time events, judged late per partition
+/// the obvious way (independent of the operator and of `support/oracle.rs`).
+#[derive(Debug, Default, PartialEq)]
+struct ExpectedMinute {
+    events: u64,
+    by_type: [u64; 5],
+    fare_sum: f64,
+    fares: u64,
+    riders: BTreeSet<String>,
+    max_ms: i64,
+}
+
+fn expected_minutes(partitions: &[Vec<RideEvent>]) -> BTreeMap<(i64, String), ExpectedMinute> {
+    let mut minutes: BTreeMap<(i64, String), ExpectedMinute> = BTreeMap::new();
+    for partition in partitions {
+        let mut largest = i64::MIN;
+        for event in partition {
+            let t = event.timestamp.0;
+            let late = largest != i64::MIN && largest - t > 30_000;
+            largest = largest.max(t);
+            if late {
+                continue;
+            }
+            let m = minutes
+                .entry((t.div_euclid(60_000) * 60_000, event.city.clone()))
+                .or_insert_with(|| ExpectedMinute {
+                    max_ms: i64::MIN,
+                    ..ExpectedMinute::default()
+                });
+            m.events += 1;
+            let index = EventType::ALL
+                .iter()
+                .position(|t| *t == event.event_type)
+                .unwrap();
+            m.by_type[index] += 1;
+            if let Some(fare) = event.estimated_fare {
+                m.fare_sum += fare;
+                m.fares += 1;
+            }
+            m.riders.insert(event.user_id.clone());
+            m.max_ms = m.max_ms.max(t);
+        }
+    }
+    minutes
+}
+
+/// Asserts one final rollup row per minute, equal to the recomputation; updates are never
+/// final, versioned by their count and never above their final row.
+fn check_minutes(rows: &[CityMinuteRow], partitions: &[Vec<RideEvent>], what: &str) {
+    let expected = expected_minutes(partitions);
+    let mut finals: BTreeMap<(i64, String), &CityMinuteRow> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.is_final == 1) {
+        let key = (row.minute.0, row.city.clone());
+        assert!(
+            finals.insert(key.clone(), row).is_none(),
+            "{what}: two final minute rows for {key:?}"
+        );
+    }
+    assert_eq!(
+        finals.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: final minutes differ"
+    );
+    for (key, want) in &expected {
+        let got = finals[key];
+        let types = [
+            got.requested,
+            got.accepted,
+            got.started,
+            got.completed,
+            got.cancelled,
+        ];
+        let order: Vec<usize> = [
+            EventType::Requested,
+            EventType::Accepted,
+            EventType::Started,
+            EventType::Completed,
+            EventType::Cancelled,
+        ]
+        .iter()
+        .map(|t| EventType::ALL.iter().position(|a| a == t).unwrap())
+        .collect();
+        for (got_count, index) in types.iter().zip(order) {
+            assert_eq!(
+                *got_count, want.by_type[index],
+                "{what}: {key:?} type counts"
+            );
+        }
+        assert_eq!(got.events, want.events, "{what}: {key:?} events");
+        assert_eq!(got.version, final_version(want.events), "{what}: {key:?}");
+        assert_eq!(got.fares, want.fares, "{what}: {key:?} fares");
+        assert!(
+            (got.fare_sum - want.fare_sum).abs() <= 1e-6 * want.fare_sum.abs().max(1.0),
+            "{what}: {key:?} fare sum {} vs {}",
+            got.fare_sum,
+            want.fare_sum
+        );
+        let riders: BTreeSet<String> = got.riders.iter().cloned().collect();
+        assert_eq!(riders, want.riders, "{what}: {key:?} riders");
+        assert_eq!(got.riders.len() as u64, got.unique_riders);
+        assert!(got.riders.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert_eq!(
+            got.max_event_ms, want.max_ms,
+            "{what}: {key:?} newest event"
+        );
+    }
+    for row in rows.iter().filter(|r| r.is_final == 0) {
+        assert_eq!(row.version, row.events);
+        let final_row = finals[&(row.minute.0, row.city.clone())];
+        assert!(
+            row.events <= final_row.events,
+            "{what}: an update above its final row"
+        );
+    }
+}
+
+/// Every row and minute row emitted, and the late events per city.
+type Run = (
+    Vec<CityMetricsRow>,
+    BTreeMap<String, u64>,
+    Vec<CityMinuteRow>,
+);
+
+/// Runs the dataflow; returns every row emitted, the late events per city and every minute
+/// row emitted.
+fn run_all(partitions: &[Vec<RideEvent>], workers: usize, batch: usize) -> Run {
     let rows = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(BTreeMap::new()));
+    let minutes = Arc::new(Mutex::new(Vec::new()));
     let input = Arc::new(partitions.to_vec());
-    let (rows2, late2) = (rows.clone(), late.clone());
+    let (rows2, late2, minutes2) = (rows.clone(), late.clone(), minutes.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let (rows, late, input) = (rows2.clone(), late2.clone(), input.clone());
+        let minutes = minutes2.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let events = replay(
                 scope,
@@ -98,6 +222,9 @@ fn run(
                 .rows
                 .inspect(move |row| rows.lock().unwrap().push(row.clone()));
             metrics
+                .minutes
+                .inspect(move |row| minutes.lock().unwrap().push(row.clone()));
+            metrics
                 .late
                 .inspect(move |e| *late.lock().unwrap().entry(e.city.clone()).or_insert(0u64) += 1);
         });
@@ -108,18 +235,30 @@ fn run(
     .for_each(|result| result.unwrap());
     let rows = rows.lock().unwrap().clone();
     let late = late.lock().unwrap().clone();
+    let minutes = minutes.lock().unwrap().clone();
+    (rows, late, minutes)
+}
+
+/// Runs the dataflow; returns every row emitted and the late events per city.
+fn run(
+    partitions: &[Vec<RideEvent>],
+    workers: usize,
+    batch: usize,
+) -> (Vec<CityMetricsRow>, BTreeMap<String, u64>) {
+    let (rows, late, _) = run_all(partitions, workers, batch);
     (rows, late)
 }
 
 fn check(seed: u64, partitions: usize, per_partition: usize, workers: usize, batch: usize) {
     let input = generate(seed, partitions, per_partition);
     let (expected, expected_late) = oracle(&input);
-    let (rows, late) = run(&input, workers, batch);
+    let (rows, late, minutes) = run_all(&input, workers, batch);
     let what = format!("seed {seed}, {partitions} partitions, {workers} workers, batch {batch}");
 
     let finals = oracle::assert_final_rows_match(&rows, &expected, &what);
     assert_eq!(late, expected_late, "{what}: late events per city");
     assert!(late.values().sum::<u64>() > 0, "the input has late events");
+    check_minutes(&minutes, &input, &what);
 
     // Updates: never final, versioned by their count, never above the final row.
     for row in rows.iter().filter(|r| r.is_final == 0) {

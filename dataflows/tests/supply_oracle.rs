@@ -377,8 +377,14 @@ fn the_live_view_counts_open_minutes_like_the_oracle_of_what_was_read() {
     let rides = generate_rides(15, 3, 1_500);
     let locations = generate_locations(15, 4, 1_200);
     let mut view = LiveView::new(&config);
-    let mut read = (vec![Vec::new(); rides.len()], vec![Vec::new(); locations.len()]);
-    let mut largest = (vec![None::<i64>; rides.len()], vec![None::<i64>; locations.len()]);
+    let mut read = (
+        vec![Vec::new(); rides.len()],
+        vec![Vec::new(); locations.len()],
+    );
+    let mut largest = (
+        vec![None::<i64>; rides.len()],
+        vec![None::<i64>; locations.len()],
+    );
     let judge = |largest: &mut Option<i64>, t: i64| {
         let late = largest.is_some_and(|max| max - t > LATENESS_MS);
         *largest = Some(largest.map_or(t, |max| max.max(t)));
@@ -448,7 +454,10 @@ fn the_live_view_counts_open_minutes_like_the_oracle_of_what_was_read() {
                 ((minute as i64 * 60_000, city), want)
             })
             .collect();
-        assert!(!want.is_empty(), "check {checks}: minutes {open_from}..={through}");
+        assert!(
+            !want.is_empty(),
+            "check {checks}: minutes {open_from}..={through}"
+        );
         assert_eq!(got, want, "check {checks}: minutes {open_from}..={through}");
         checks += 1;
     }

@@ -6,6 +6,7 @@
 
 use clickhouse::Row;
 use dataflows::metrics_row::CityMetricsRow;
+use dataflows::minute_row::CityMinuteRow;
 use dataflows::partitioned_source::SourcedEvent;
 use dataflows::supply_row::CitySupplyRow;
 use serde::{Serialize, Serializer};
@@ -126,6 +127,70 @@ impl SupplyRecord {
             rides_in_progress: row.rides_in_progress,
             requests: row.requests,
             pressure: row.pressure,
+            is_final: row.is_final,
+            version: row.version,
+            updated_at: Moment {
+                ms: row.updated_at.millis(),
+                precise,
+            },
+        }
+    }
+}
+
+/// A row of `city_minutes` (the per-minute rollup).
+#[derive(Clone, Debug, Row, Serialize)]
+pub struct MinuteRecord {
+    /// `minute` (DateTime).
+    pub minute: u32,
+    /// `city`.
+    pub city: String,
+    /// `events`.
+    pub events: u64,
+    /// `requested`.
+    pub requested: u64,
+    /// `accepted`.
+    pub accepted: u64,
+    /// `started`.
+    pub started: u64,
+    /// `completed`.
+    pub completed: u64,
+    /// `cancelled`.
+    pub cancelled: u64,
+    /// `fare_sum`.
+    pub fare_sum: f64,
+    /// `fares`.
+    pub fares: u64,
+    /// `unique_riders`.
+    pub unique_riders: u64,
+    /// `riders` (Array(String)).
+    pub riders: Vec<String>,
+    /// `max_event_ms`.
+    pub max_event_ms: i64,
+    /// `is_final`.
+    pub is_final: u8,
+    /// `version`.
+    pub version: u64,
+    /// `updated_at`.
+    pub updated_at: Moment,
+}
+
+impl MinuteRecord {
+    /// The record of a minute row, for a table whose `updated_at` is `DateTime64` or not.
+    pub fn new(row: &CityMinuteRow, precise: bool) -> MinuteRecord {
+        MinuteRecord {
+            minute: seconds(row.minute.millis()),
+            city: row.city.clone(),
+            events: row.events,
+            requested: row.requested,
+            accepted: row.accepted,
+            started: row.started,
+            completed: row.completed,
+            cancelled: row.cancelled,
+            fare_sum: row.fare_sum,
+            fares: row.fares,
+            unique_riders: row.unique_riders,
+            riders: row.riders.clone(),
+            max_event_ms: row.max_event_ms,
             is_final: row.is_final,
             version: row.version,
             updated_at: Moment {

@@ -8,6 +8,12 @@
 //! with `ALTER TABLE ... DROP PARTITION`). Column names are identical on both, so the
 //! shipped dashboard SQL runs on either.
 //!
+//! Dashboards read small tables, never a scan of `ride_events`: `city_minutes` (the job's
+//! per-minute rollup rows, upserted like `city_metrics`) and `city_minute_late` (late events
+//! per city and minute, aggregated by ClickHouse from `ride_events` inserts as a *set* of
+//! (partition, offset), so a re-delivered raw row cannot count twice; see
+//! docs/semantics.md).
+//!
 //! `ridepulse migrate` is idempotent (`IF NOT EXISTS`, then [`verify`]); every job verifies
 //! the columns at start, so a wrong table stops it with a message naming table and column
 //! rather than failing later in the middle of a RowBinary stream.
@@ -68,13 +74,19 @@ impl Features {
 }
 
 /// The tables ridepulse writes, in creation order.
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "city_metrics",
     "city_supply",
+    "city_minutes",
     "ride_events",
     "checkpoints",
     "dead_letters",
 ];
+
+/// Late events per city and minute: filled by [`LATE_VIEW`] from `ride_events` inserts.
+pub const LATE_TABLE: &str = "city_minute_late";
+/// The materialized view that feeds [`LATE_TABLE`].
+pub const LATE_VIEW: &str = "city_minute_late_mv";
 
 /// One column: name and the type the server reports in `system.columns`.
 fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
@@ -105,6 +117,24 @@ fn columns(table: &str, features: Features) -> Vec<(&'static str, String)> {
             ("rides_in_progress", t("UInt64")),
             ("requests", t("UInt64")),
             ("pressure", t("Nullable(Float64)")),
+            ("is_final", t("UInt8")),
+            ("version", t("UInt64")),
+            ("updated_at", moment),
+        ],
+        "city_minutes" => vec![
+            ("minute", t("DateTime('UTC')")),
+            ("city", city),
+            ("events", t("UInt64")),
+            ("requested", t("UInt64")),
+            ("accepted", t("UInt64")),
+            ("started", t("UInt64")),
+            ("completed", t("UInt64")),
+            ("cancelled", t("UInt64")),
+            ("fare_sum", t("Float64")),
+            ("fares", t("UInt64")),
+            ("unique_riders", t("UInt64")),
+            ("riders", t("Array(String)")),
+            ("max_event_ms", t("Int64")),
             ("is_final", t("UInt8")),
             ("version", t("UInt64")),
             ("updated_at", moment),
@@ -161,15 +191,26 @@ pub fn create_table(database: &str, table: &str, features: Features) -> String {
     sql.push_str(")\n");
     let clauses = match table {
         // One row per (city, window_start); the highest version wins at merge and with
-        // FINAL. Monthly partitions keep part counts low for a table of a few rows a minute.
+        // FINAL. Monthly partitions keep part counts low for a table of a few rows a minute;
+        // granules of 256 rows (not 8192: a month per city) let a panel's last hour read
+        // a few hundred rows per city instead of thousands.
         "city_metrics" => "ENGINE = ReplacingMergeTree(version)\n\
              PARTITION BY toYYYYMM(window_start)\n\
-             ORDER BY (city, window_start)"
+             ORDER BY (city, window_start)\n\
+             SETTINGS index_granularity = 256"
             .to_string(),
         // SPEC §5: one row per (city, minute), upserted like city_metrics.
         "city_supply" => "ENGINE = ReplacingMergeTree(version)\n\
              PARTITION BY toYYYYMM(minute)\n\
              ORDER BY (city, minute)"
+            .to_string(),
+        // The job's per-minute rollups, upserted like city_metrics: the dashboards' source.
+        // Granules of 64 rows: a row carries its minute's riders (kilobytes), and the
+        // last hour of a city is 60 rows, so a panel reads about one granule per city.
+        "city_minutes" => "ENGINE = ReplacingMergeTree(version)\n\
+             PARTITION BY toYYYYMM(minute)\n\
+             ORDER BY (city, minute)\n\
+             SETTINGS index_granularity = 64"
             .to_string(),
         // The key ends with the Kafka partition and offset: a re-delivered message has the
         // same key and collapses into one row at merge (and with FINAL).
@@ -210,7 +251,37 @@ const ADDED_COLUMNS: [(&str, &str, &str, &str); 1] =
 pub fn statements(database: &str, features: Features) -> Vec<String> {
     let mut all = vec![format!("CREATE DATABASE IF NOT EXISTS {database}")];
     all.extend(TABLES.iter().map(|t| create_table(database, t, features)));
+    all.extend(late_statements(database, features));
     all
+}
+
+/// Late events per (city, minute of their event time), kept by ClickHouse as the exact set
+/// of their (partition, offset): `ride_events` is keyed by that pair, so a message the job
+/// re-delivers after a restart adds an element already in the set and counts once
+/// (`uniqExactMerge(late_events)`). A count (SummingMergeTree) would count it twice. Late
+/// events are a small share, so the sets stay small; on-time events are in `city_minutes`.
+/// The minute comes from `timestamp_ms`, exact and of one type on every server.
+pub fn late_statements(database: &str, features: Features) -> [String; 2] {
+    let city = features.city_type();
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.{LATE_TABLE}\n(\n    \
+             minute DateTime('UTC'),\n    city {city},\n    \
+             late_events AggregateFunction(uniqExact, UInt32, UInt64)\n)\n\
+             ENGINE = AggregatingMergeTree\n\
+             PARTITION BY toYYYYMM(minute)\n\
+             ORDER BY (city, minute)\n\
+             SETTINGS index_granularity = 256"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{LATE_VIEW} TO {database}.{LATE_TABLE}\n\
+             AS SELECT toDateTime(intDiv(timestamp_ms, 60000) * 60) AS minute, city,\n    \
+             uniqExactState(kafka_partition, kafka_offset) AS late_events\n\
+             FROM {database}.ride_events\n\
+             WHERE is_late = 1\n\
+             GROUP BY minute, city"
+        ),
+    ]
 }
 
 /// The server's `version()`.
@@ -281,6 +352,8 @@ pub struct Layout {
     pub events_ms: bool,
     /// `city_supply.updated_at` is `DateTime64(3)` (else `DateTime`).
     pub supply_ms: bool,
+    /// `city_minutes.updated_at` is `DateTime64(3)` (else `DateTime`).
+    pub minutes_ms: bool,
 }
 
 /// Checks that every table has the columns this version of ridepulse writes (by name, with
@@ -293,6 +366,7 @@ pub async fn verify(config: &ClickHouseConfig) -> Result<Layout, ClickHouseError
         metrics_ms: false,
         events_ms: false,
         supply_ms: false,
+        minutes_ms: false,
     };
     for table in TABLES {
         let qualified = format!("{database}.{table}");
@@ -327,6 +401,7 @@ pub async fn verify(config: &ClickHouseConfig) -> Result<Layout, ClickHouseError
                     match table {
                         "city_metrics" => layout.metrics_ms = precise,
                         "city_supply" => layout.supply_ms = precise,
+                        "city_minutes" => layout.minutes_ms = precise,
                         _ => layout.events_ms = precise,
                     }
                     continue;
@@ -347,6 +422,26 @@ pub async fn verify(config: &ClickHouseConfig) -> Result<Layout, ClickHouseError
                 }
                 Some(_) => {}
             }
+        }
+    }
+    // The late-event rollup is fed by ClickHouse itself: without its view, late events
+    // would silently go uncounted on the dashboards.
+    for name in [LATE_TABLE, LATE_VIEW] {
+        let found = query_text(
+            &client,
+            &config.url,
+            &format!(
+                "SELECT count() FROM system.tables WHERE database = '{}' AND name = '{name}'",
+                database.replace('\'', "\\'")
+            ),
+            "TabSeparated",
+        )
+        .await?;
+        if found.trim() == "0" {
+            return Err(ClickHouseError::Schema {
+                table: format!("{database}.{name}"),
+                problem: "does not exist (run `ridepulse migrate`)".into(),
+            });
         }
     }
     Ok(layout)
@@ -398,6 +493,24 @@ mod tests {
                 && modern.contains("TTL")
                 && modern.contains("LowCardinality")
         );
+    }
+
+    #[test]
+    fn late_events_are_rolled_up_as_sets_of_positions_on_every_server() {
+        for features in [Features::of_version("18.16.1").unwrap(), Features::MODERN] {
+            let ddl = statements("rp", features).join("\n");
+            assert!(ddl.contains("CREATE TABLE IF NOT EXISTS rp.city_minutes"));
+            assert!(ddl.contains("riders Array(String)"));
+            assert!(ddl.contains("AggregateFunction(uniqExact, UInt32, UInt64)"));
+            assert!(ddl.contains(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS rp.city_minute_late_mv TO rp.city_minute_late"
+            ));
+            assert!(ddl.contains("uniqExactState(kafka_partition, kafka_offset)"));
+            // The view comes after the table it reads and the table it fills.
+            let view = ddl.find("MATERIALIZED VIEW").unwrap();
+            assert!(ddl.find("rp.ride_events\n(").unwrap() < view);
+            assert!(ddl.find("rp.city_minute_late\n(").unwrap() < view);
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Sink operators hand [`Batch`]es to the [`Writer`] and get a [`Ticket`] back; the writer
 //! thread performs each batch in order — raw events into `ride_events`, dead-letter rows into
 //! `dead_letters`, metric rows into `city_metrics` and to `analytics-aggregated`, supply rows
-//! into `city_supply` and to `city-supply`, while the batch's dead letters go to the
-//! dead-letter topic on a thread of their own; then
+//! into `city_supply` and to `city-supply`, per-minute rollup rows into `city_minutes`, while
+//! the batch's dead letters go to the dead-letter topic on a thread of their own; then
 //! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dataflows::metrics_row::CityMetricsRow;
+use dataflows::minute_row::CityMinuteRow;
 use dataflows::partitioned_source::SourcedEvent;
 use dataflows::supply_row::CitySupplyRow;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -38,7 +39,9 @@ use timely::scheduling::SyncActivator;
 use tracing::{error, info, warn};
 
 use super::row_size::row_binary_size;
-use super::rows::{CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord, SupplyRecord};
+use super::rows::{
+    CheckpointRecord, DeadLetterRecord, EventRecord, MetricsRecord, MinuteRecord, SupplyRecord,
+};
 use super::schema::Layout;
 use super::{ClickHouseError, Severity, INSERT_TIMEOUT};
 use crate::config::Config;
@@ -120,6 +123,8 @@ pub struct Batch {
     pub metrics: Vec<CityMetricsRow>,
     /// Supply rows for `city_supply` and `city-supply`.
     pub supply: Vec<CitySupplyRow>,
+    /// Per-minute rollup rows for `city_minutes` (no topic: they serve the dashboards).
+    pub minutes: Vec<CityMinuteRow>,
     /// Checkpoints, written after everything before them.
     pub checkpoints: Vec<CheckpointRecord>,
 }
@@ -131,6 +136,7 @@ impl Batch {
             + self.dead.len()
             + self.metrics.len()
             + self.supply.len()
+            + self.minutes.len()
             + self.checkpoints.len()
     }
 
@@ -166,6 +172,8 @@ pub struct WriterStats {
     pub supply: AtomicU64,
     /// Final rows among them.
     pub supply_finals: AtomicU64,
+    /// Rows written to `city_minutes`.
+    pub minutes: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
     /// Failed attempts that were retried (a Kafka message sent again counts once).
@@ -481,7 +489,7 @@ async fn write_tables(
             d,
             stats,
             "city_metrics",
-            &d.aggregated,
+            Some(&d.aggregated),
             &batch.metrics,
             |row| MetricsRecord::new(row, d.layout.metrics_ms),
         )
@@ -496,7 +504,7 @@ async fn write_tables(
             d,
             stats,
             "city_supply",
-            &d.city_supply,
+            Some(&d.city_supply),
             &batch.supply,
             |row| SupplyRecord::new(row, d.layout.supply_ms),
         )
@@ -505,6 +513,15 @@ async fn write_tables(
             .supply
             .fetch_add(batch.supply.len() as u64, Ordering::Relaxed);
         stats.supply_finals.fetch_add(finals, Ordering::Relaxed);
+    }
+    if !batch.minutes.is_empty() {
+        write_result_rows(d, stats, "city_minutes", None, &batch.minutes, |row| {
+            MinuteRecord::new(row, d.layout.minutes_ms)
+        })
+        .await?;
+        stats
+            .minutes
+            .fetch_add(batch.minutes.len() as u64, Ordering::Relaxed);
     }
     Ok(dead)
 }
@@ -530,6 +547,18 @@ impl ResultRow for CityMetricsRow {
     }
 }
 
+impl ResultRow for CityMinuteRow {
+    fn city(&self) -> &str {
+        &self.city
+    }
+    fn when(&self) -> String {
+        self.minute.to_string()
+    }
+    fn is_final(&self) -> bool {
+        self.is_final == 1
+    }
+}
+
 impl ResultRow for CitySupplyRow {
     fn city(&self) -> &str {
         &self.city
@@ -543,12 +572,12 @@ impl ResultRow for CitySupplyRow {
 }
 
 /// Writes result rows to `table` (a row ClickHouse refuses is logged and counted) and to
-/// `producer`'s topic; returns how many of them are final.
+/// `producer`'s topic, if any; returns how many of them are final.
 async fn write_result_rows<Row, Record>(
     d: &Destinations,
     stats: &WriterStats,
     table: &str,
-    producer: &CountingProducer,
+    producer: Option<&CountingProducer>,
     rows: &[Row],
     record: impl Fn(&Row) -> Record,
 ) -> Result<u64, String>
@@ -565,6 +594,9 @@ where
     stats
         .rejected_rows
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    let Some(producer) = producer else {
+        return Ok(rows.iter().filter(|r| r.is_final()).count() as u64);
+    };
     let json: Vec<Vec<u8>> = rows
         .iter()
         .map(|row| serde_json::to_vec(row).expect("rows serialize"))

@@ -1,6 +1,16 @@
 //! The built-in dashboard's queries: the same panels as the Grafana dashboard, as one JSON
 //! snapshot the page polls. Every query that takes a value binds it (`?`, escaped by the
 //! clickhouse crate), and they run on 18.16 and on modern servers alike.
+//!
+//! None of them scans `ride_events`: they read the job's small tables (`city_minutes`,
+//! `city_metrics`, `city_supply`), the late-event rollup `city_minute_late` and the (small)
+//! `dead_letters`, each over a primary-key range of recent minutes, so their cost does not
+//! grow with the raw history. The snapshot sends all of them at once and waits for the
+//! slowest, not for their sum.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use serde_json::{json, Value};
 
@@ -32,33 +42,43 @@ FROM city_supply FINAL
 WHERE minute >= now() - ?
 ORDER BY minute, city";
 
-const FRESHNESS_SQL: &str =
-    "SELECT max(timestamp_ms) AS newest_ms, toUInt64(now()) * 1000 AS server_now_ms, count() AS events FROM ride_events";
+/// Now minus the newest event time in ClickHouse, from the rollup rows of the last day (a
+/// primary-key range of a few thousand rows; every version of a minute's row counts, since
+/// a later version only adds events). Older than a day reads as "no events".
+const FRESHNESS_SQL: &str = "
+SELECT max(max_event_ms) AS newest_ms, toUInt64(now()) * 1000 AS server_now_ms, count() AS events
+FROM city_minutes
+WHERE minute >= now() - INTERVAL 1 DAY";
 
 const REQUESTS_SQL: &str = "
-SELECT toUInt32(toStartOfMinute(timestamp)) AS minute, city, countIf(event_type = 'requested') AS requests
-FROM ride_events FINAL
-WHERE timestamp >= now() - ? AND is_late = 0
-GROUP BY minute, city
+SELECT toUInt32(minute) AS minute, city, requested AS requests
+FROM city_minutes FINAL
+WHERE minute >= now() - ?
 ORDER BY minute, city";
 
+/// The window rows ending in the history; the bound on `window_start` (windows are at most
+/// an hour long) is what lets the primary key `(city, window_start)` skip the rest.
 const WINDOWS_SQL: &str = "
 SELECT toUInt32(window_end) AS window_end, city, total_events, requests, completions, cancellations,
        avg_fare, unique_riders, is_final
 FROM city_metrics FINAL
-WHERE window_end >= now() - ?
+WHERE window_end >= now() - ? AND window_start > now() - ? - 3600
 ORDER BY window_end, city";
 
+/// Late events per minute of their event time (`city_minute_late`: sets of positions, so a
+/// re-delivery counts once) and dead letters per minute of arrival (distinct positions, so
+/// no `FINAL` is needed; they have no trustworthy city or event time).
 const LATE_DEAD_SQL: &str = "
 SELECT minute, sum(late) AS late_events, sum(dead) AS dead_letters
 FROM (
-    SELECT toUInt32(toStartOfMinute(timestamp)) AS minute, countIf(is_late = 1) AS late, toUInt64(0) AS dead
-    FROM ride_events FINAL
-    WHERE timestamp >= now() - ?
+    SELECT toUInt32(minute) AS minute, uniqExactMerge(late_events) AS late, toUInt64(0) AS dead
+    FROM city_minute_late
+    WHERE minute >= now() - ?
     GROUP BY minute
     UNION ALL
-    SELECT toUInt32(toStartOfMinute(received_at)) AS minute, toUInt64(0) AS late, count() AS dead
-    FROM dead_letters FINAL
+    SELECT toUInt32(toStartOfMinute(received_at)) AS minute, toUInt64(0) AS late,
+           uniqExact(source_topic, kafka_partition, kafka_offset) AS dead
+    FROM dead_letters
     WHERE received_at >= now() - ?
     GROUP BY minute
 )
@@ -93,6 +113,31 @@ async fn rows(
         .collect()
 }
 
+/// A query in flight.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Value>, ClickHouseError>> + 'a>>;
+
+/// Runs every query at once (each on its own HTTP request) and returns their results in
+/// order once all have answered; the first error wins.
+async fn all(mut pending: Vec<Pending<'_>>) -> Result<Vec<Vec<Value>>, ClickHouseError> {
+    let mut done: Vec<Option<Vec<Value>>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, future) in done.iter_mut().zip(pending.iter_mut()) {
+            if slot.is_none() {
+                if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                    *slot = Some(result?);
+                }
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await?;
+    Ok(done.into_iter().flatten().collect())
+}
+
 /// Everything the page shows, from ClickHouse, as of now.
 pub async fn snapshot(
     client: &clickhouse::Client,
@@ -100,43 +145,46 @@ pub async fn snapshot(
     request: &SnapshotRequest,
 ) -> Result<Value, ClickHouseError> {
     let history = request.minutes.max(1) * 60;
-    let freshness = rows(url, "the freshness query", client.query(FRESHNESS_SQL)).await?;
-    let cities = rows(
-        url,
-        "the city performance query",
-        client.query(CITY_PERFORMANCE_SQL.trim().trim_end_matches(';')),
-    )
+    let results = all(vec![
+        Box::pin(rows(
+            url,
+            "the freshness query",
+            client.query(FRESHNESS_SQL),
+        )),
+        Box::pin(rows(
+            url,
+            "the city performance query",
+            client.query(CITY_PERFORMANCE_SQL.trim().trim_end_matches(';')),
+        )),
+        Box::pin(rows(
+            url,
+            "the requests query",
+            client.query(REQUESTS_SQL).bind(history),
+        )),
+        Box::pin(rows(
+            url,
+            "the windows query",
+            client.query(WINDOWS_SQL).bind(history).bind(history),
+        )),
+        Box::pin(rows(
+            url,
+            "the late and dead-letter query",
+            client.query(LATE_DEAD_SQL).bind(history).bind(history),
+        )),
+        Box::pin(rows(
+            url,
+            "the where-riders-wait query",
+            client.query(WHERE_RIDERS_WAIT_SQL.trim().trim_end_matches(';')),
+        )),
+        Box::pin(rows(
+            url,
+            "the supply query",
+            client.query(SUPPLY_SQL).bind(history),
+        )),
+    ])
     .await?;
-    let requests = rows(
-        url,
-        "the requests query",
-        client.query(REQUESTS_SQL).bind(history),
-    )
-    .await?;
-    let windows = rows(
-        url,
-        "the windows query",
-        client.query(WINDOWS_SQL).bind(history),
-    )
-    .await?;
-    let late_dead = rows(
-        url,
-        "the late and dead-letter query",
-        client.query(LATE_DEAD_SQL).bind(history).bind(history),
-    )
-    .await?;
-    let supply_now = rows(
-        url,
-        "the where-riders-wait query",
-        client.query(WHERE_RIDERS_WAIT_SQL.trim().trim_end_matches(';')),
-    )
-    .await?;
-    let supply = rows(
-        url,
-        "the supply query",
-        client.query(SUPPLY_SQL).bind(history),
-    )
-    .await?;
+    let [freshness, cities, requests, windows, late_dead, supply_now, supply]: [Vec<Value>; 7] =
+        results.try_into().expect("seven queries, seven results");
     let f = freshness.first().cloned().unwrap_or(Value::Null);
     let events = f["events"].as_u64().unwrap_or(0);
     let newest_ms = f["newest_ms"].as_i64().filter(|_| events > 0);

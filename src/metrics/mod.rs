@@ -109,11 +109,12 @@ impl SourceGauges {
 
 /// The ClickHouse tables the writer inserts into, in [`TableMetrics`]' order (an insert into
 /// a table not listed here is not reported).
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "ride_events",
     "dead_letters",
     "city_metrics",
     "city_supply",
+    "city_minutes",
     "checkpoints",
 ];
 

@@ -11,10 +11,12 @@
 //!   records per partition the offset below which every message is durable.
 //! - [`metrics`]: metric rows to `city_metrics` and `analytics-aggregated`.
 //! - [`supply`]: supply rows to `city_supply` and `city-supply`.
+//! - [`minutes`]: per-minute rollup rows to `city_minutes` (what the dashboards read).
 //!
 //! The source (`kafka::source`) turns both signals into checkpoints and offset commits.
 
 pub mod durable;
 pub mod ingest;
 pub mod metrics;
+pub mod minutes;
 pub mod supply;
