@@ -12,6 +12,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// A map with foldhash's fast hasher (see Cargo.toml).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -30,15 +33,15 @@ pub(crate) fn build<'scope>(
     readings
         .unary_frontier(Pipeline, name, move |_capability, _info| {
             // Per event minute: the capability to send at, and each entity's latest reading.
-            let mut stash: BTreeMap<u64, (Capability<u64>, HashMap<String, Reading>)> =
+            let mut stash: BTreeMap<u64, (Capability<u64>, FastMap<String, Reading>)> =
                 BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|capability, data| {
                     for (entity, reading) in data.drain(..) {
                         let minute = reading.minute();
-                        let (_, latest) = stash
-                            .entry(minute)
-                            .or_insert_with(|| (capability.delayed(&minute, 0), HashMap::new()));
+                        let (_, latest) = stash.entry(minute).or_insert_with(|| {
+                            (capability.delayed(&minute, 0), FastMap::default())
+                        });
                         match latest.get_mut(&entity) {
                             Some(kept) => {
                                 if reading > *kept {

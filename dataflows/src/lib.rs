@@ -33,6 +33,7 @@
 //! - [`supply`]: live supply and demand per city (SPEC §5) on differential dataflow: the
 //!   latest state of every ride and driver, counts per city, final rows per minute; with
 //!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode);
+//!   `supply_split` hands each of its consumers what it needs of a record in one pass, and
 //!   `latest_per_minute` thins each entity's readings to one per minute before the reduce.
 //! - [`supply_row`]: the output row of SPEC §5.
 #![deny(missing_docs)]
@@ -47,4 +48,5 @@ pub mod supply;
 pub mod supply_live;
 pub mod supply_row;
 pub mod supply_rows;
+mod supply_split;
 pub mod watermark;

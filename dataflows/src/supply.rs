@@ -1,18 +1,19 @@
 //! Live supply and demand per city (SPEC §5), on differential dataflow.
 //!
 //! ```text
-//!  rides ──┬─ late ──────────────────────────────────────────────► late_rides
-//!          └─ on time ─┬─ (ride, reading) +1 at e, −1 at e+T ──► reduce: latest per ride ─┐
-//!                      │  (latest per ride and minute only)                              │
-//!                      ├─ (city, request) +1 at e, −1 at e+1 ────────────────────────────┤
-//!                      ├─ (city, event)   +1 at e, −1 at e+H ────────────────────────────┤
-//!                      │                                                                  ▼
-//!  locations ─┬─ late ─┼──────────────────────────────────────────► late_locations   reduce per city
-//!             └─ on ───┼─ (driver, reading) +1 at e, −1 at e+S ─► reduce: latest ─► (counts, outer
-//!               time   │  (latest per driver and minute only)                       join of supply
-//!                      ├─ (city, event) +1 at e, −1 at e+H ──────────────────────►  with demand)
-//!                      ▼                                                                  │ final
-//!              supply_live (open minutes, per worker) ── reports ──► supply_rows ◄────────┘ counts
+//!  rides ─► supply_split ─┬─ late ─────────────────────────────────────────────► late_rides
+//!           (one pass)    ├─ (ride, reading) +1 at e, −1 at e+T ──► reduce: latest per ride ─┐
+//!                         │  (latest per ride and minute only)                              │
+//!                         ├─ (city, request) +1 at e, −1 at e+1 ─────────────────────────────┤
+//!                         ├─ (city, event)   +1 at e, −1 at e+H ─────────────────────────────┤
+//!                         └─ live record ─┐                                                  ▼
+//!  locations ─► supply_split ─┬─ late ────┼───────────────────────────► late_locations  reduce per city
+//!                             ├─ (driver, reading) +1 at e, −1 at e+S ─► reduce: latest ─► (counts, outer
+//!                             │  (latest per driver and minute only)                   join of supply
+//!                             ├─ (city, event) +1 at e, −1 at e+H ──────────────────►  with demand)
+//!                             └─ live record ─┤                                                  │ final
+//!                                             ▼                                                  │ counts
+//!              supply_live (open minutes, per worker) ── reports ──► supply_rows ◄───────────────┘
 //!                                                                        │ (worker 0)
 //!                                                                        ▼ CitySupplyRow
 //! ```
@@ -111,7 +112,6 @@ use std::time::Duration;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::StreamVec;
 
 use crate::city_metrics::LateEvent;
@@ -263,11 +263,6 @@ impl Reading {
     }
 }
 
-/// A record present for the minutes `[from, until)`: its two updates.
-fn during<D: Clone>(data: D, from: u64, until: u64) -> [(D, u64, isize); 2] {
-    [(data.clone(), from, 1), (data, until, -1)]
-}
-
 /// Per entity, the latest of its readings present at each minute, as `(city, tally)`.
 fn latest_states<'scope>(
     readings: VecCollection<'scope, u64, (String, Reading)>,
@@ -366,50 +361,15 @@ pub fn build<'scope>(
         config.stale_after_minutes,
         config.horizon(),
     );
-    let late_rides = rides.clone().filter(|e| e.late).map(|e| LateEvent {
-        city: e.event.city,
-        timestamp: e.event.timestamp,
-    });
-    let late_locations = locations.clone().filter(|l| l.late).map(|l| LateEvent {
-        city: l.event.city,
-        timestamp: l.event.timestamp,
-    });
-    let rides = rides.filter(|e| !e.late);
-    let locations = locations.filter(|l| !l.late);
-
-    let ride_readings = crate::latest_per_minute::build(
-        rides
-            .clone()
-            .map(|e| (e.event.ride_id.clone(), Reading::of_ride(&e))),
-        timeout,
-        "LatestRidePerMinute",
-    );
-    let driver_readings = crate::latest_per_minute::build(
-        locations
-            .clone()
-            .map(|l| (l.event.driver_id.clone(), Reading::of_driver(&l))),
-        stale,
-        "LatestDriverPerMinute",
-    );
-    let ride_tallies = rides
-        .clone()
-        .flat_map(move |e| {
-            let minute = minute_of(e.event.timestamp.millis());
-            let requested = e.event.event_type == EventType::Requested;
-            let request = requested
-                .then(|| during((e.event.city.clone(), Tally::Request), minute, minute + 1));
-            during((e.event.city, Tally::Event), minute, minute + horizon)
-                .into_iter()
-                .chain(request.into_iter().flatten())
-        })
-        .as_collection();
-    let location_tallies = locations
-        .clone()
-        .flat_map(move |l| {
-            let minute = minute_of(l.event.timestamp.millis());
-            during((l.event.city, Tally::Event), minute, minute + horizon)
-        })
-        .as_collection();
+    let live = config.open_minutes > 0;
+    let rides = crate::supply_split::build(rides, horizon, live, "SplitRides");
+    let locations = crate::supply_split::build(locations, horizon, live, "SplitLocations");
+    let ride_readings =
+        crate::latest_per_minute::build(rides.readings, timeout, "LatestRidePerMinute");
+    let driver_readings =
+        crate::latest_per_minute::build(locations.readings, stale, "LatestDriverPerMinute");
+    let ride_tallies = rides.tallies.as_collection();
+    let location_tallies = locations.tallies.as_collection();
 
     let counts = latest_states(ride_readings, "LatestRideState")
         .concatenate([
@@ -427,15 +387,15 @@ pub fn build<'scope>(
             }
         });
 
-    let live = if config.open_minutes > 0 {
-        crate::supply_live::build(rides, locations, config)
+    let live = if live {
+        crate::supply_live::build(rides.live, locations.live, config)
     } else {
         timely::dataflow::operators::generic::operator::empty(counts.inner.scope())
     };
     let rows = crate::supply_rows::build(counts.inner, live, config);
     CitySupply {
         rows,
-        late_rides,
-        late_locations,
+        late_rides: rides.late,
+        late_locations: locations.late,
     }
 }

@@ -22,6 +22,9 @@
 //! work with every ride of the last ten minutes at 50,000 rides/min: `examples/supply_memory`.)
 
 use std::collections::{BTreeMap, HashMap};
+
+/// A map with foldhash's fast hasher (see dataflows/Cargo.toml).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
@@ -35,6 +38,7 @@ use crate::event::EventType;
 use crate::partitioned_source::{SourcedEvent, SourcedLocation};
 use crate::supply::{Reading, SupplyConfig};
 use crate::supply_row::SupplyCounts;
+use crate::supply_split::LiveRecord;
 
 /// One worker's counts of the open minutes it knows of.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,7 +77,7 @@ struct Entities {
     /// Per entity, sorted by recency (oldest first): the readings of the open minutes, and
     /// before them at most one, the latest reading before the open minutes, kept only while
     /// it still counts (it has a tally and is fresh at the first open minute).
-    by_key: HashMap<String, Vec<Kept>>,
+    by_key: FastMap<String, Vec<Kept>>,
     /// Readings kept.
     len: usize,
 }
@@ -82,7 +86,7 @@ impl Entities {
     fn new(fresh_for: u64) -> Entities {
         Entities {
             fresh_for,
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             len: 0,
         }
     }
@@ -150,7 +154,7 @@ pub struct LiveView {
     drivers: Entities,
     /// The `events` and `requests` tallies per event minute and city, for the minutes an
     /// open minute's row can count (`e + H > open_from`).
-    tallies: BTreeMap<u64, HashMap<String, MinuteTally>>,
+    tallies: BTreeMap<u64, FastMap<String, MinuteTally>>,
     /// Minutes before this are final (the input frontier).
     open_from: u64,
     /// The newest event minute read.
@@ -172,21 +176,27 @@ impl LiveView {
 
     /// Adds an on-time ride event.
     pub fn add_ride(&mut self, sourced: &SourcedEvent) {
-        let reading = Reading::of_ride(sourced);
-        let minute = reading.minute();
         let requested = sourced.event.event_type == EventType::Requested;
-        self.see(minute, &reading.city, requested);
-        self.rides
-            .keep(&sourced.event.ride_id, Kept { reading, minute });
+        self.add_ride_reading(&sourced.event.ride_id, Reading::of_ride(sourced), requested);
     }
 
     /// Adds an on-time driver location.
     pub fn add_driver(&mut self, sourced: &SourcedLocation) {
-        let reading = Reading::of_driver(sourced);
+        self.add_driver_reading(&sourced.event.driver_id, Reading::of_driver(sourced));
+    }
+
+    /// Adds a ride's on-time reading (`requested`: it is a `requested` event).
+    pub(crate) fn add_ride_reading(&mut self, ride: &str, reading: Reading, requested: bool) {
+        let minute = reading.minute();
+        self.see(minute, &reading.city, requested);
+        self.rides.keep(ride, Kept { reading, minute });
+    }
+
+    /// Adds a driver's on-time reading.
+    pub(crate) fn add_driver_reading(&mut self, driver: &str, reading: Reading) {
         let minute = reading.minute();
         self.see(minute, &reading.city, false);
-        self.drivers
-            .keep(&sourced.event.driver_id, Kept { reading, minute });
+        self.drivers.keep(driver, Kept { reading, minute });
     }
 
     fn see(&mut self, minute: u64, city: &str, requested: bool) {
@@ -307,10 +317,10 @@ fn key_hash(key: &str) -> u64 {
     hasher.finish()
 }
 
-/// The live view's reports, from on-time rides and locations.
+/// The live view's reports, from on-time rides' and locations' records.
 pub(crate) fn build<'scope>(
-    rides: StreamVec<'scope, u64, SourcedEvent>,
-    locations: StreamVec<'scope, u64, SourcedLocation>,
+    rides: StreamVec<'scope, u64, LiveRecord>,
+    locations: StreamVec<'scope, u64, LiveRecord>,
     config: &SupplyConfig,
 ) -> StreamVec<'scope, u64, LiveReport> {
     let scope = rides.scope();
@@ -318,8 +328,8 @@ pub(crate) fn build<'scope>(
     rides
         .binary_frontier(
             locations,
-            Exchange::new(|e: &SourcedEvent| key_hash(&e.event.ride_id)),
-            Exchange::new(|l: &SourcedLocation| key_hash(&l.event.driver_id)),
+            Exchange::new(|r: &LiveRecord| key_hash(&r.key)),
+            Exchange::new(|r: &LiveRecord| key_hash(&r.key)),
             "SupplyLive",
             move |capability, info| {
                 let activator = scope.activator_for(info.address);
@@ -333,14 +343,14 @@ pub(crate) fn build<'scope>(
                 };
                 move |(rides, rides_frontier), (locations, locations_frontier), output| {
                     rides.for_each(|_, data| {
-                        for event in data.drain(..) {
-                            state.view.add_ride(&event);
+                        for r in data.drain(..) {
+                            state.view.add_ride_reading(&r.key, r.reading, r.requested);
                             state.dirty = true;
                         }
                     });
                     locations.for_each(|_, data| {
-                        for location in data.drain(..) {
-                            state.view.add_driver(&location);
+                        for r in data.drain(..) {
+                            state.view.add_driver_reading(&r.key, r.reading);
                             state.dirty = true;
                         }
                     });
