@@ -20,6 +20,10 @@ use ridepulse::simulator::cities;
 use ridepulse::simulator::world::{Message, World, WorldConfig};
 use timely::dataflow::operators::Inspect;
 
+/// The job's allocator (src/main.rs), so the figures are the job's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const RIDE_EVENTS: usize = 200_000;
 
 type Input = (Vec<Vec<RideEvent>>, Vec<Vec<DriverLocation>>);

@@ -85,23 +85,25 @@
 //! (and restore the partitions' lateness clocks), not just those after its last checkpoint
 //! of the city metrics; rows of minutes before `F` are recomputed but not emitted again.
 //!
-//! Cost, measured (release, 2 cores shared with other builds, so figures are lower
-//! bounds): `cargo bench --bench supply_dataflow -- --warm-up-time 2 --measurement-time 20
-//! --sample-size 10` (200,000 ride events and 95,952 locations from the simulator at 50,000
-//! rides/min and 2,000 drivers, input copied per run) gives 52,800 records/s with 1 worker
-//! and 56,200 with 2 (2026-11-26, load average 3–7 on the 2 cores during the run, so the
-//! second worker had no core of its own): some 40 times the 1,230 records/s of that load.
-//! A perf profile on synthetic input (1 worker) splits the time: the per-ride and
+//! Cost, measured (release, jemalloc as in the job, 2 cores shared with other builds and
+//! tests, so figures are lower bounds): `cargo bench --bench supply_dataflow -- --warm-up-time
+//! 2 --measurement-time 20 --sample-size 10` (200,000 ride events and 95,952 locations from
+//! the simulator at 50,000 rides/min and 2,000 drivers, input copied per run) gives 69,700
+//! records/s with 1 worker and 89,900 with 2 (2026-11-26 16:00 UTC, load average 9 on the 2
+//! cores); some 55–70 times the 1,230 records/s of that load. Before `supply_split`, the
+//! live view's trimming and jemalloc it gave 52,800 and 56,200 (load 3–7). A perf profile on
+//! synthetic input (1 worker, before those changes) split the time: the per-ride and
 //! per-driver reduces with their arrangements 42 %, the live view 13 %, the sources and the
 //! input copy 24 %, the maps building readings 11 %, the per-city reduce 5 %. The
 //! per-entity reduce replays each ride's history at every minute its latest reading may
 //! change (a ride with four events has up to eight such minutes) and sorts string keys.
 //! `latest_per_minute` cuts the drivers' updates (and what their batcher and arrangement
-//! hold) twelvefold, but its CPU gain is within the noise: 71,000 records per CPU-second
-//! before, 74,000 after, on the synthetic input. These figures are no measured reason to
-//! hand-write the final path (the throughput is far above the load), so only the open
-//! minutes, where differential cannot answer, are hand-written; the final rows stay on
-//! differential, whose compaction bounds their memory.
+//! hold) twelvefold. Memory: `examples/supply_memory 30 1` (the same load in event time,
+//! no I/O) holds 247 MB at minute 10 (the horizon) and plateaus at 280–306 MB from minute
+//! 16 to 30. These figures are no measured reason to hand-write the final path (the
+//! throughput is far above the load), so only the open minutes, where differential cannot
+//! answer, are hand-written; the final rows stay on differential, whose compaction bounds
+//! their memory.
 //!
 //! Choices where SPEC §5 leaves room: `request_timeout_minutes` applies to a ride's latest
 //! event whatever it is (so a ride whose `completed` never arrives stops being "in progress"
