@@ -359,6 +359,7 @@ pub fn run<W: Write + Send + 'static>(
         allowed_lateness: source.allowed_lateness,
         cities: options.cities.clone(),
         dead_letters: options.dead_letters,
+        max_drift: Duration::from_secs(config.job.max_drift_secs),
     };
     let location_files = FileSourceConfig {
         files: options.location_files.clone(),
