@@ -136,8 +136,10 @@ pub struct RunSummary {
     pub late_locations: u64,
     /// Messages of `driver-locations` that were not valid locations.
     pub invalid_locations: u64,
-    /// Messages of `driver-locations` that compaction removed inside the read range (see
-    /// `kafka::source`): the supply rows of their minutes miss those positions.
+    /// Messages of `driver-locations` the job should have read that the log no longer had:
+    /// holes compaction made inside the read range, and messages after the job's checkpoint
+    /// below the partition's oldest offset (see `kafka::source`); the supply rows of their
+    /// minutes miss those positions.
     pub compacted_locations: u64,
     /// Supply rows written (updates and finals).
     pub supply_rows: u64,
@@ -508,7 +510,10 @@ pub fn run<W: Write + Send + 'static>(
         locations: location_counters.events.load(Ordering::Relaxed),
         late_locations: location_counters.late.load(Ordering::Relaxed),
         invalid_locations: location_counters.invalid.load(Ordering::Relaxed),
-        compacted_locations: location_counters.compacted.load(Ordering::Relaxed),
+        // Offsets a compacted topic no longer had: holes in a read range, and (retention
+        // or compaction moved the low watermark) offsets before it after a checkpoint.
+        compacted_locations: location_counters.compacted.load(Ordering::Relaxed)
+            + location_counters.retention_gap.load(Ordering::Relaxed),
         supply_rows: stats.supply.load(Ordering::Relaxed),
         supply_finals: stats.supply_finals.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),

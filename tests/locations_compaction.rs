@@ -1,5 +1,5 @@
-//! `driver-locations` is compacted (SPEC §1), and Tansu compacts at its next sweep, seconds
-//! after a produce, ignoring `min.compaction.lag.ms`: a job that reads the topic after the
+//! `driver-locations` is compacted (SPEC §1), and Tansu compacts at its next periodic sweep
+//! (minutes after a produce), ignoring `min.compaction.lag.ms`: a job that reads the topic after the
 //! sweep (a restart re-reading its rebuild window, a second group) finds only each driver's
 //! latest position. That is what made supply_e2e's crash step fail now and then (273 final
 //! rows missing, the restart reading `locations=25`: the 25 drivers' latest positions): its

@@ -46,10 +46,12 @@
 //! window would rebuild the supply state without the positions compacted away, and end
 //! with other final rows than a run that read them. The topic's `min.compaction.lag.ms`
 //! (see `kafka::topics`) keeps every position for an hour, longer than a restart's rebuild
-//! window; a broker that ignores it (Tansu compacts at its next sweep) or a job down for
-//! longer loses them. The source never hides that: an offset past the next one expected in
-//! a partition it reads in order is a hole compaction made, counted in
-//! [`SourceCounters::compacted`] (the run summary's `compacted_locations`) and logged.
+//! window; a broker that ignores it (Tansu compacts at its next periodic sweep) or a job
+//! down for longer loses them. The source never hides that: an offset past the next one
+//! expected in a partition it reads in order is a hole compaction made, counted in
+//! [`SourceCounters::compacted`] and logged; offsets after a checkpoint below the oldest
+//! one left (compaction moved it, as retention does) are the `retention_gap` below. For
+//! `driver-locations` the run summary reports both as `compacted_locations`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

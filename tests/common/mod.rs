@@ -125,8 +125,8 @@ impl Namespace {
 
     /// Creates this namespace's topics, `driver-locations` without compaction: for tests
     /// that re-read locations (a restart, a second group) and compare with a first read.
-    /// Tansu ignores `min.compaction.lag.ms` and compacts at its next sweep, seconds after a
-    /// produce, so on the contract topic such a comparison depends on when the sweep runs
+    /// Tansu ignores `min.compaction.lag.ms` and compacts at its next periodic sweep, so on
+    /// the contract topic such a comparison depends on when the sweep runs
     /// (see tests/locations_compaction.rs and docs/operations.md).
     pub fn create_topics_uncompacted_locations(&self) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
