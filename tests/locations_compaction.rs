@@ -93,7 +93,7 @@ fn a_job_reading_compacted_locations_counts_what_compaction_removed() {
     )
     .create()
     .unwrap();
-    let mut holes = 0u64;
+    let (mut holes, mut ends) = (0u64, 0u64);
     for (partition, (offsets, _)) in &compacted {
         let (low, high) = consumer
             .fetch_watermarks(
@@ -108,6 +108,7 @@ fn a_job_reading_compacted_locations_counts_what_compaction_removed() {
             "the latest message survives"
         );
         holes += (high - low) as u64 - offsets.len() as u64;
+        ends += high as u64;
     }
     println!(
         "locations compaction: {} produced, {survivors} left after {:.0} s, {holes} holes in the read range",
@@ -123,5 +124,30 @@ fn a_job_reading_compacted_locations_counts_what_compaction_removed() {
         field::<u64>(&summary, "compacted_locations"),
         holes,
         "{summary}"
+    );
+
+    // supply_e2e's failing instant: the killed run had checkpointed driver-locations at the
+    // partitions' first offsets (its durable frontier was still 0), and the restart came
+    // after the sweep. Every removed message is accounted for: those below the low
+    // watermark (which moved to the first survivor) and the holes above it.
+    let partitions = (0..24)
+        .map(|p| {
+            format!(
+                "('restart', '{}', {p}, 0, NULL, 0, 0, 1)",
+                ns.config.topics.driver_locations
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    ns.query(&format!(
+        "INSERT INTO checkpoints (consumer_group, topic, kafka_partition, next_offset, max_event_ms, written_to, finalized_through, written_at_us) VALUES {partitions}"
+    ));
+    let restart = summary_of(&ns.try_run(&["run", "--until-end", "-w", "2", "--group", "restart"]));
+    println!("locations compaction: restart from offset 0 after the sweep: {restart}");
+    assert_eq!(field::<u64>(&restart, "locations"), survivors as u64);
+    assert_eq!(
+        field::<u64>(&restart, "compacted_locations"),
+        ends - survivors as u64,
+        "{restart}"
     );
 }
