@@ -67,7 +67,8 @@ fn a_job_reading_compacted_locations_counts_what_compaction_removed() {
     }
     producer.finish(Duration::from_secs(120)).unwrap();
 
-    // Wait for the broker's cleaner: compacted once no key is left twice in a partition.
+    // Wait for the broker's cleaner (its sweep came 214 s and 411 s after the produce in two
+    // runs): compacted once no key is left twice in a partition.
     let started = Instant::now();
     let compacted = loop {
         let now = backlog(&ns);
@@ -78,8 +79,8 @@ fn a_job_reading_compacted_locations_counts_what_compaction_removed() {
             break now;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the broker did not compact driver-locations within 10 minutes"
+            started.elapsed() < Duration::from_secs(900),
+            "the broker did not compact driver-locations within 15 minutes"
         );
         std::thread::sleep(Duration::from_secs(2));
     };
