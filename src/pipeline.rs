@@ -19,7 +19,10 @@
 //! `finalized_through` of either topic's checkpoints, so rows already final and durable are
 //! not emitted again. A final row that is emitted again after a restart (a minute between
 //! two checkpoints) is computed from the same records, so it is identical, version
-//! included, and collapses with the first in ReplacingMergeTree.
+//! included, and collapses with the first in ReplacingMergeTree. All of this needs the
+//! re-read range still in the log: `driver-locations` is compacted, and positions compacted
+//! away before a restart re-reads them are missing from the rebuilt minutes (counted as
+//! `compacted_locations`; see "Compaction" in `kafka::source`).
 //!
 //! Before the dataflow starts, the job checks the tables' columns (a wrong schema stops it
 //! here, naming table and column) and loads the group's checkpoints to resume from. While
@@ -135,6 +138,11 @@ pub struct RunSummary {
     pub late_locations: u64,
     /// Messages of `driver-locations` that were not valid locations.
     pub invalid_locations: u64,
+    /// Messages of `driver-locations` the job should have read that the log no longer had:
+    /// holes compaction made inside the read range, and messages after the job's checkpoint
+    /// below the partition's oldest offset (see `kafka::source`); the supply rows of their
+    /// minutes miss those positions.
+    pub compacted_locations: u64,
     /// Supply rows written (updates and finals).
     pub supply_rows: u64,
     /// Final supply rows among them.
@@ -151,7 +159,7 @@ impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={}",
+            "events={} late={} invalid={} invalid_by_reason={} retention_gap={} rejected_events={} replayed={} other_cities={} written_events={} dead_letters={} rows={} finals={} retries={} seconds={:.2} events_per_sec={:.0} locations={} late_locations={} invalid_locations={} supply_rows={} supply_finals={} compacted_locations={}",
             self.events,
             self.late,
             self.invalid,
@@ -171,7 +179,8 @@ impl std::fmt::Display for RunSummary {
             self.late_locations,
             self.invalid_locations,
             self.supply_rows,
-            self.supply_finals
+            self.supply_finals,
+            self.compacted_locations
         )
     }
 }
@@ -505,6 +514,10 @@ pub fn run<W: Write + Send + 'static>(
         locations: location_counters.events.load(Ordering::Relaxed),
         late_locations: location_counters.late.load(Ordering::Relaxed),
         invalid_locations: location_counters.invalid.load(Ordering::Relaxed),
+        // Offsets a compacted topic no longer had: holes in a read range, and (retention
+        // or compaction moved the low watermark) offsets before it after a checkpoint.
+        compacted_locations: location_counters.compacted.load(Ordering::Relaxed)
+            + location_counters.retention_gap.load(Ordering::Relaxed),
         supply_rows: stats.supply.load(Ordering::Relaxed),
         supply_finals: stats.supply_finals.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),

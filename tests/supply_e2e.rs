@@ -132,7 +132,11 @@ fn produce(ns: &Namespace, topic: &str, lines: &[String], key: impl Fn(&[u8]) ->
 #[test]
 fn supply_rows_from_the_broker_equal_the_oracle_through_a_crash_and_from_files() {
     let ns = Namespace::new("supply");
-    ns.create_topics();
+    // The runs below re-read driver-locations and compare with the first read: on a
+    // compacted topic Tansu's cleaner (which ignores min.compaction.lag.ms) would leave
+    // only each driver's latest position for whichever run comes after its sweep (see
+    // tests/locations_compaction.rs).
+    ns.create_topics_uncompacted_locations();
     ns.migrate();
     let ride_partitions = 12;
     let location_partitions = 24;
@@ -227,11 +231,18 @@ fn supply_rows_from_the_broker_equal_the_oracle_through_a_crash_and_from_files()
     crash.migrate();
     let crash = crash.with("job.checkpoint_interval_ms", "200");
     // Small fetches, so the partitions are read in many rounds and minutes close (and
-    // checkpoints advance) while the job reads, as in a real catch-up; a fetch of this
-    // dataset's default size returns a whole partition at once.
+    // checkpoints of both topics advance) while the job reads, as in a real catch-up; a
+    // fetch of this dataset's default size returns a whole partition at once. Tansu ignores
+    // max.partition.fetch.bytes but honours fetch.max.bytes (librdkafka wants
+    // message.max.bytes, and so batch.size, no larger): with the former alone, a loaded
+    // machine read every partition before the watermark was known and the job finished
+    // without a mid-stream checkpoint to kill at.
     let mut job = crash
         .command(&["run", "--until-end", "-w", "2", "--group", "crash"])
-        .env("RIDEPULSE_LIBRDKAFKA", "max.partition.fetch.bytes=2048")
+        .env(
+            "RIDEPULSE_LIBRDKAFKA",
+            "fetch.max.bytes=16384,message.max.bytes=16384,batch.size=16384",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

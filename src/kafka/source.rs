@@ -40,6 +40,18 @@
 //! the windows that were already final: ClickHouse ends as without the restart.
 //! (Checkpoints live in ClickHouse beside the results, not only in Kafka's commit
 //! metadata, which some Kafka-compatible brokers, Tansu among them, do not keep.)
+//!
+//! **Compaction.** `driver-locations` is compacted (SPEC §1): once the broker's cleaner has
+//! run, only each driver's latest position is left, so a restart re-reading its rebuild
+//! window would rebuild the supply state without the positions compacted away, and end
+//! with other final rows than a run that read them. The topic's `min.compaction.lag.ms`
+//! (see `kafka::topics`) keeps every position for an hour, longer than a restart's rebuild
+//! window; a broker that ignores it (Tansu compacts at its next periodic sweep) or a job
+//! down for longer loses them. The source never hides that: an offset past the next one
+//! expected in a partition it reads in order is a hole compaction made, counted in
+//! [`SourceCounters::compacted`] and logged; offsets after a checkpoint below the oldest
+//! one left (compaction moved it, as retention does) are the `retention_gap` below. For
+//! `driver-locations` the run summary reports both as `compacted_locations`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -260,6 +272,9 @@ pub struct SourceCounters {
     pub retention_gap: AtomicU64,
     /// Messages re-read after a restart that were already written.
     pub replayed: AtomicU64,
+    /// Offsets missing inside a partition's read range: messages log compaction removed
+    /// before this job read them (`driver-locations` is compacted, see the module doc).
+    pub compacted: AtomicU64,
     /// Valid events of cities this job does not own (read, not counted).
     pub other_cities: AtomicU64,
     /// Per-partition lag, event time and idleness, the watermark, commits and backpressure,
@@ -491,6 +506,15 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 let partition = message.partition();
                 let offset = message.offset();
                 let Some(slot) = owned.iter_mut().find(|s| s.partition == partition) else { continue };
+                if offset > slot.next {
+                    // A hole in a partition read in order: compaction removed these messages
+                    // (driver-locations is compacted) before this job read them. Never silent.
+                    let gap = (offset - slot.next) as u64;
+                    let before = counters.compacted.fetch_add(gap, Ordering::Relaxed);
+                    if before == 0 || (before + gap).is_power_of_two() {
+                        warn!(worker, partition, expected = slot.next, offset, missing = gap, compacted_so_far = before + gap, topic = %config.topic, "offsets missing from the partition (compacted away before this job read them): supply state is rebuilt without them");
+                    }
+                }
                 slot.next = slot.next.max(offset + 1);
                 if slot.finished || slot.end.is_some_and(|end| offset >= end) {
                     continue;

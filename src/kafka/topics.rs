@@ -35,6 +35,7 @@ pub struct TopicSpec {
 
 const SEVEN_DAYS_MS: &str = "604800000";
 const ONE_DAY_MS: &str = "86400000";
+const ONE_HOUR_MS: &str = "3600000";
 
 /// SPEC §1's five topics under the configured names.
 pub fn contract_topics(config: &Config) -> Vec<TopicSpec> {
@@ -52,6 +53,9 @@ pub fn contract_topics(config: &Config) -> Vec<TopicSpec> {
                 ("retention.ms", ONE_DAY_MS),
                 // the latest position per driver survives compaction; older ones age out.
                 ("cleanup.policy", "compact,delete"),
+                // a restarted job re-reads the positions of its last minutes to rebuild the
+                // supply state: compaction must leave them for longer than a restart takes.
+                ("min.compaction.lag.ms", ONE_HOUR_MS),
             ],
         },
         TopicSpec {

@@ -228,6 +228,12 @@ impl Collector for JobCollector {
             "Messages retention deleted after the job's checkpoint (never read).",
             &per_topic(|c| &c.retention_gap),
         )?;
+        counter(
+            &mut e,
+            "ridepulse_compacted_messages",
+            "Offsets missing inside a partition's read range: compaction removed them first.",
+            &per_topic(|c| &c.compacted),
+        )?;
         let (rows, finals) = (load(&stats.metrics), load(&stats.finals));
         counter(
             &mut e,

@@ -123,6 +123,46 @@ impl Namespace {
         command
     }
 
+    /// Creates this namespace's topics, `driver-locations` without compaction: for tests
+    /// that re-read locations (a restart, a second group) and compare with a first read.
+    /// Tansu ignores `min.compaction.lag.ms` and compacts at its next periodic sweep, so on
+    /// the contract topic such a comparison depends on when the sweep runs
+    /// (see tests/locations_compaction.rs and docs/operations.md).
+    pub fn create_topics_uncompacted_locations(&self) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let spec = ridepulse::kafka::topics::contract_topics(&self.config)
+            .into_iter()
+            .find(|t| t.name == self.config.topics.driver_locations)
+            .unwrap();
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            ridepulse::kafka::settings::admin(&self.config.kafka.brokers)
+                .create()
+                .unwrap();
+        let mut topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(self.config.kafka.replication_factor),
+        );
+        for (key, value) in &spec.configs {
+            if *key != "cleanup.policy" {
+                topic = topic.set(key, value);
+            }
+        }
+        topic = topic.set("cleanup.policy", "delete");
+        let replies = futures_executor::block_on(admin.create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30))),
+        ))
+        .unwrap();
+        assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+        let out = self.run(&["topics", "create"]);
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("created")).count(),
+            4,
+            "{out}"
+        );
+    }
+
     /// Creates this namespace's topics.
     pub fn create_topics(&self) {
         let out = self.run(&["topics", "create"]);
