@@ -178,8 +178,8 @@ pub fn file_source<'scope, R: SourceRecord>(
                 return;
             }
             let now = Instant::now();
-            let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS
-                || alignment.wait(&stamper);
+            let backpressure =
+                shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS || alignment.wait(&stamper);
             let mut handled = 0;
             while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
                 match reader.next_line(&mut line) {
