@@ -260,6 +260,7 @@ mod tests {
                 ("dead_letters", 0, 0),
                 ("city_metrics", 0, 0),
                 ("city_supply", 0, 0),
+                ("city_minutes", 0, 0),
                 ("checkpoints", 12, 600)
             ]
         );
