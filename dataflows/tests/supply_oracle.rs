@@ -307,6 +307,28 @@ fn sourced<T: Clone>(partitions: &[Vec<T>], ts: impl Fn(&T) -> i64) -> Vec<Sourc
     out
 }
 
+/// The live view's counts as the oracle's rows: (minute in ms, city) → counts, for the
+/// (minute, city) pairs that have a row.
+fn as_rows(
+    counts: BTreeMap<(u64, String), dataflows::supply_row::SupplyCounts>,
+) -> BTreeMap<(i64, String), Want> {
+    counts
+        .into_iter()
+        .filter(|(_, c)| c.has_row())
+        .map(|((minute, city), c)| {
+            let want = Want {
+                available: c.available_drivers,
+                on_trip: c.on_trip_drivers,
+                waiting: c.waiting_riders,
+                in_progress: c.rides_in_progress,
+                requests: c.requests,
+                events: c.events,
+            };
+            ((minute as i64 * 60_000, city), want)
+        })
+        .collect()
+}
+
 #[test]
 fn the_live_view_counts_every_minute_like_the_oracle() {
     // The hand-written view of open minutes, given every on-time record and asked about
@@ -343,22 +365,7 @@ fn the_live_view_counts_every_minute_like_the_oracle() {
         }
         let first = want.rows.keys().next().unwrap().0 as u64 / 60_000;
         let last = view.through().unwrap() + config.horizon();
-        let got: BTreeMap<(i64, String), Want> = view
-            .counts(first..=last)
-            .into_iter()
-            .filter(|(_, c)| c.has_row())
-            .map(|((minute, city), c)| {
-                let want = Want {
-                    available: c.available_drivers,
-                    on_trip: c.on_trip_drivers,
-                    waiting: c.waiting_riders,
-                    in_progress: c.rides_in_progress,
-                    requests: c.requests,
-                    events: c.events,
-                };
-                ((minute as i64 * 60_000, city), want)
-            })
-            .collect();
+        let got = as_rows(view.counts(first..=last));
         assert_eq!(got, want.rows, "seed {seed}");
     }
 }
@@ -438,22 +445,7 @@ fn the_live_view_counts_open_minutes_like_the_oracle_of_what_was_read() {
             .into_iter()
             .filter(|((minute, _), _)| (open_from..=through).contains(&(*minute as u64 / 60_000)))
             .collect();
-        let got: BTreeMap<(i64, String), Want> = view
-            .counts(open_from..=through)
-            .into_iter()
-            .filter(|(_, c)| c.has_row())
-            .map(|((minute, city), c)| {
-                let want = Want {
-                    available: c.available_drivers,
-                    on_trip: c.on_trip_drivers,
-                    waiting: c.waiting_riders,
-                    in_progress: c.rides_in_progress,
-                    requests: c.requests,
-                    events: c.events,
-                };
-                ((minute as i64 * 60_000, city), want)
-            })
-            .collect();
+        let got = as_rows(view.counts(open_from..=through));
         assert!(
             !want.is_empty(),
             "check {checks}: minutes {open_from}..={through}"
