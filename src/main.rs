@@ -15,6 +15,17 @@ use ridepulse::simulator::{self, cities, world};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's figures for `/metrics` (`ridepulse_heap_*`): its statistics are cached until
+/// the epoch advances, so each reading advances it first.
+fn jemalloc_heap() -> Option<ridepulse::metrics::HeapFigures> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(ridepulse::metrics::HeapFigures {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "ridepulse",
@@ -262,6 +273,7 @@ struct ConsumeArgs {
 
 fn main() {
     ridepulse::telemetry::init();
+    ridepulse::metrics::set_heap_probe(jemalloc_heap);
     if let Err(error) = run(Cli::parse()) {
         if let Some(fatal) = error.downcast_ref::<ridepulse::pipeline::JobFatal>() {
             // The supervisor reads this line and backs off instead of restarting in a loop.

@@ -739,8 +739,12 @@ impl Bench {
         let _ = job.kill();
         let _ = job.wait();
         let rss = rss_mb(&samples);
-        let tail = |from: f64, to: f64| -> f64 {
-            let window: Vec<f64> = rss
+        let heap: Vec<(f64, f64)> = samples
+            .iter()
+            .filter_map(|s| s.heap_kb.map(|kb| (s.t, kb as f64 / 1024.0)))
+            .collect();
+        let mean = |series: &[(f64, f64)], from: f64, to: f64| -> f64 {
+            let window: Vec<f64> = series
                 .iter()
                 .filter(|(t, _)| *t >= from && *t <= to)
                 .map(|(_, m)| *m)
@@ -749,14 +753,23 @@ impl Bench {
         };
         let total = samples.last().map_or(0.0, |s| s.t);
         let (early, late) = (
-            tail(total * 0.1, total * 0.3),
-            tail(total * 0.7, total * 0.95),
+            mean(&rss, total * 0.1, total * 0.3),
+            mean(&rss, total * 0.7, total * 0.95),
+        );
+        let (heap_early, heap_late) = (
+            mean(&heap, total * 0.1, total * 0.3),
+            mean(&heap, total * 0.7, total * 0.95),
         );
         let written = samples.iter().filter_map(|s| s.written).max().unwrap_or(0);
         self.figure(
             "soak",
             "RSS 10-30 % into the run → 70-95 %",
             format!("{early:.0} MB → {late:.0} MB"),
+        );
+        self.figure(
+            "soak",
+            "heap allocated 10-30 % into the run → 70-95 %",
+            format!("{heap_early:.0} MB → {heap_late:.0} MB"),
         );
         self.figure("soak", "peak RSS", format!("{} MB", peak / 1024));
         self.figure(
@@ -769,7 +782,10 @@ impl Bench {
             "soak: resident memory at 50,000 events/min",
             "seconds",
             "MB",
-            &[("run -w 2".into(), rss)],
+            &[
+                ("run -w 2: RSS".into(), rss),
+                ("run -w 2: heap allocated".into(), heap),
+            ],
         )?;
         plot::lines(
             &self.png("soak-throughput"),
@@ -781,7 +797,7 @@ impl Bench {
         let path = self.save(
             "soak",
             json!({"rate_per_min": 50000, "duration_s": self.options.soak.as_secs()}),
-            json!({"rss_early_mb": early, "rss_late_mb": late, "peak_rss_kb": peak, "written": written}),
+            json!({"rss_early_mb": early, "rss_late_mb": late, "heap_early_mb": heap_early, "heap_late_mb": heap_late, "peak_rss_kb": peak, "written": written}),
             json!(samples),
         )?;
         self.figure("soak", "results", path.display().to_string());

@@ -1,6 +1,8 @@
 //! Samples a running job from the outside while a benchmark runs: its resident memory (from
-//! `/proc/<pid>/status`) and how many events it has written (a `count()` on `ride_events`),
-//! so runs can be plotted over time and peak RSS reported.
+//! `/proc/<pid>/status`), its heap as jemalloc counts it (`ridepulse_heap_allocated_bytes`
+//! from its `/metrics`, which tells live data from memory the allocator keeps) and how many
+//! events it has written (a `count()` on `ride_events`), so runs can be plotted over time
+//! and peak RSS reported.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ pub struct Sample {
     pub rss_kb: Option<u64>,
     /// Events in `ride_events` so far.
     pub written: Option<u64>,
+    /// Bytes the job has allocated and not freed (kB), if its `/metrics` answered.
+    pub heap_kb: Option<u64>,
 }
 
 /// A sampling thread; [`Sampler::stop`] returns the samples and the peak RSS seen.
@@ -43,6 +47,7 @@ impl Sampler {
         let peak_kb = Arc::new(Mutex::new(0));
         let (s, out, peak) = (stop.clone(), samples.clone(), peak_kb.clone());
         let clickhouse = config.clickhouse.clone();
+        let metrics = config.metrics.listen.clone();
         let thread = std::thread::spawn(move || {
             let client = crate::clickhouse::connect(&clickhouse);
             let began = Instant::now();
@@ -58,10 +63,18 @@ impl Sampler {
                         .fetch_one::<u64>(),
                 )
                 .ok();
+                let heap_kb = crate::metrics::scrape::get(&metrics, Duration::from_millis(500))
+                    .ok()
+                    .and_then(|text| {
+                        crate::metrics::scrape::samples(&text)
+                            .find(|(name, _)| *name == "ridepulse_heap_allocated_bytes")
+                            .map(|(_, bytes)| bytes as u64 / 1024)
+                    });
                 out.lock().expect("not poisoned").push(Sample {
                     t: began.elapsed().as_secs_f64(),
                     rss_kb,
                     written,
+                    heap_kb,
                 });
                 std::thread::sleep(every);
             }

@@ -808,11 +808,15 @@ where
         .with_timeouts(Some(INSERT_TIMEOUT), Some(INSERT_TIMEOUT));
     // What the crate encodes, sized by walking the same `Serialize` (it reports no sizes).
     // A row that cannot be sized is a metrics bug, never a reason to fail the insert.
+    // Skipped when the process serves no /metrics (`TableMetrics::recording`).
+    let sizing = stats.tables.recording();
     let (mut bytes, mut unsized_rows) = (0, 0);
     for record in records {
-        match row_binary_size(record) {
-            Ok(size) => bytes += size,
-            Err(_) => unsized_rows += 1,
+        if sizing {
+            match row_binary_size(record) {
+                Ok(size) => bytes += size,
+                Err(_) => unsized_rows += 1,
+            }
         }
         insert.write(record).await.map_err(fail)?;
     }

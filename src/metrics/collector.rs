@@ -318,6 +318,24 @@ impl Collector for JobCollector {
             &per_topic(|c| &c.gauges.offsets_committed),
         )?;
 
+        // The process's heap, as its allocator sees it: a growing `allocated` is live data
+        // growing; `resident` above it is memory the allocator keeps (RSS adds librdkafka's
+        // C heap and the binary).
+        if let Some(heap) = super::heap() {
+            gauge(
+                &mut e,
+                "ridepulse_heap_allocated_bytes",
+                "Bytes the process has allocated and not freed (jemalloc's stats.allocated).",
+                &[(vec![], heap.allocated as i64)],
+            )?;
+            gauge(
+                &mut e,
+                "ridepulse_heap_resident_bytes",
+                "Bytes of resident pages jemalloc maps for the process's heap (stats.resident).",
+                &[(vec![], heap.resident as i64)],
+            )?;
+        }
+
         // The supervisor's restarts, from the state it keeps (0 for a job run by hand, whose
         // `job` label is the scrape target's).
         let restarts = match &self.supervised {

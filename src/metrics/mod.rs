@@ -16,8 +16,8 @@ pub mod scrape;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -47,6 +47,8 @@ pub struct SourceGauges {
     /// Time sources spent not reading because the writer's queue was full, summed over
     /// workers (nanoseconds).
     backpressure_nanos: AtomicU64,
+    /// Set when the process serves no `/metrics`: nothing reads these, so nothing records.
+    off: AtomicBool,
 }
 
 impl SourceGauges {
@@ -58,6 +60,9 @@ impl SourceGauges {
         partitions: impl IntoIterator<Item = (i32, PartitionGauge)>,
         watermark_ms: Option<i64>,
     ) {
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
         {
             let mut map = self.partitions.lock().expect("not poisoned");
             for (partition, gauge) in partitions {
@@ -74,6 +79,11 @@ impl SourceGauges {
             let mark = marks.entry(topic.to_string()).or_insert(ms);
             *mark = (*mark).max(ms);
         }
+    }
+
+    /// Stops recording: the process serves no `/metrics` (see [`serve_job`]).
+    pub fn turn_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
     }
 
     /// Adds time a source spent backpressured.
@@ -127,6 +137,9 @@ pub struct TableMetrics {
     latency: [Histogram; TABLES.len()],
     /// When the last checkpoint insert was acknowledged (ms since the epoch; 0: none yet).
     last_checkpoint_ms: AtomicI64,
+    /// Set when the process serves no `/metrics`: the writer then neither sizes rows nor
+    /// times inserts.
+    off: AtomicBool,
 }
 
 impl Default for TableMetrics {
@@ -138,14 +151,28 @@ impl Default for TableMetrics {
             bytes: Default::default(),
             latency: std::array::from_fn(|_| histogram()),
             last_checkpoint_ms: AtomicI64::new(0),
+            off: AtomicBool::new(false),
         }
     }
 }
 
 impl TableMetrics {
+    /// Whether inserts are recorded (the process serves `/metrics`).
+    pub fn recording(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+    }
+
+    /// Stops recording: the process serves no `/metrics` (see [`serve_job`]).
+    pub fn turn_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
+    }
+
     /// Records an acknowledged insert of `rows` rows (`bytes` bytes of RowBinary) into
     /// `table` that took `took` (its last attempt).
     pub fn inserted(&self, table: &str, rows: usize, bytes: u64, took: Duration) {
+        if !self.recording() {
+            return;
+        }
         let Some(index) = TABLES.iter().position(|t| *t == table) else {
             return;
         };
@@ -199,7 +226,15 @@ pub fn serve_job(
     sources: Vec<collector::Source>,
     writer: std::sync::Arc<crate::clickhouse::writer::Writer>,
 ) -> Option<server::MetricsServer> {
-    let address = layout.metrics_address(process, &config.metrics.listen)?;
+    let Some(address) = layout.metrics_address(process, &config.metrics.listen) else {
+        // Nobody can read them: record nothing (the engine path's cost of the metrics is
+        // measured against this, docs/metrics.md).
+        for (_, counters) in &sources {
+            counters.gauges.turn_off();
+        }
+        writer.stats().tables.turn_off();
+        return None;
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(collector::JobCollector::new(
         sources,
@@ -208,6 +243,32 @@ pub fn serve_job(
         &config.cluster.state_dir(),
     )));
     server::serve(&address, registry)
+}
+
+/// What the process's allocator says of its heap, if the binary installed a probe: bytes
+/// the program has allocated, and bytes the allocator holds resident for them.
+pub type HeapProbe = fn() -> Option<HeapFigures>;
+
+/// One reading of a [`HeapProbe`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeapFigures {
+    /// Bytes allocated by the program and not yet freed.
+    pub allocated: u64,
+    /// Bytes in physically resident pages the allocator maps (≥ `allocated`).
+    pub resident: u64,
+}
+
+static HEAP_PROBE: OnceLock<HeapProbe> = OnceLock::new();
+
+/// Installs the binary's allocator probe (`main` does, for jemalloc): the library does not
+/// choose the global allocator, so it cannot read it by itself.
+pub fn set_heap_probe(probe: HeapProbe) {
+    let _ = HEAP_PROBE.set(probe);
+}
+
+/// The heap's figures now, when a probe is installed and answers.
+pub fn heap() -> Option<HeapFigures> {
+    HEAP_PROBE.get().and_then(|probe| probe())
 }
 
 #[cfg(test)]
