@@ -32,6 +32,25 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Where each job process serves its Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// What the job writes besides the views.
+    pub sinks: SinksConfig,
+}
+
+/// `[sinks]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Write every valid ride event to `ride_events` (default). `false` for a ClickHouse that
+    /// ingests the `ride-events` topic itself (its Kafka table engine): the job then computes
+    /// the views only. `city_minute_late` (late events per minute, from `ride_events`) stays
+    /// empty unless that ingest fills `ride_events`.
+    pub raw_events: bool,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig { raw_events: true }
+    }
 }
 
 /// `[metrics]`

@@ -291,6 +291,7 @@ pub fn run<W: Write + Send + 'static>(
         max_drift: Duration::from_secs(config.job.max_drift_secs),
         cities: options.cities.clone(),
         dead_letters: options.dead_letters,
+        raw: config.sinks.raw_events,
     };
     let window = WindowConfig {
         length_minutes: config.window.length_minutes,
@@ -358,6 +359,7 @@ pub fn run<W: Write + Send + 'static>(
     let out = Arc::new(Mutex::new(out));
     let started = Instant::now();
     let (print, final_only) = (options.print, options.final_only);
+    let raw = config.sinks.raw_events;
     let (worker_shared, worker_location_shared, worker_out) =
         (shared.clone(), location_shared.clone(), out.clone());
     let files = FileSourceConfig {
@@ -429,8 +431,8 @@ pub fn run<W: Write + Send + 'static>(
                 let mut out = out.lock().expect("not poisoned");
                 let _ = writeln!(out, "{line}");
             });
-            ingest_sink(ingested, writer.clone(), progress).probe_with(&durable);
-            ingest_sink(located, writer.clone(), location_progress).probe_with(&durable);
+            ingest_sink(ingested, writer.clone(), progress, raw).probe_with(&durable);
+            ingest_sink(located, writer.clone(), location_progress, raw).probe_with(&durable);
             metrics_sink(rows, writer.clone()).probe_with(&durable);
             minutes_sink(metrics.minutes, writer.clone()).probe_with(&durable);
             supply_sink(city_supply.rows, writer).probe_with(&durable);

@@ -24,9 +24,8 @@ mod oracle;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{field, summary_of, temp_dir, Namespace};
+use common::{field, metrics_rows, summary_of, temp_dir, Namespace};
 use dataflows::event::{RideEvent, Timestamp};
-use dataflows::metrics_row::CityMetricsRow;
 use ridepulse::kafka::plain_consumer::read_all;
 use ridepulse::kafka::producer::CountingProducer;
 
@@ -97,27 +96,6 @@ fn run_until_end(ns: &Namespace, group: &str) -> (String, Duration) {
     let output = ns.try_run(&["run", "--until-end", "-w", "2", "--group", group]);
     let took = started.elapsed();
     (summary_of(&output), took)
-}
-
-/// Every `city_metrics` row (FINAL) as the job emitted it.
-fn metrics_rows(ns: &Namespace) -> Vec<CityMetricsRow> {
-    ns.query("SELECT city, toUnixTimestamp(window_start), toUnixTimestamp(window_end), total_events, requests, completions, cancellations, avg_fare, unique_riders, is_final, version FROM city_metrics FINAL ORDER BY city, window_start")
-        .into_iter()
-        .map(|r| CityMetricsRow {
-            city: r[0].clone(),
-            window_start: Timestamp(r[1].parse::<i64>().unwrap() * 1000),
-            window_end: Timestamp(r[2].parse::<i64>().unwrap() * 1000),
-            total_events: r[3].parse().unwrap(),
-            requests: r[4].parse().unwrap(),
-            completions: r[5].parse().unwrap(),
-            cancellations: r[6].parse().unwrap(),
-            avg_fare: (r[7] != "\\N").then(|| r[7].parse().unwrap()),
-            unique_riders: r[8].parse().unwrap(),
-            is_final: r[9].parse().unwrap(),
-            version: r[10].parse().unwrap(),
-            updated_at: Timestamp(0),
-        })
-        .collect()
 }
 
 #[test]

@@ -86,6 +86,98 @@ fn run_until_end_gives_the_oracles_final_rows() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `sinks.raw_events = false` (issue 13): no row reaches `ride_events`, dead letters still
+/// do, the final rows are still exactly the oracle's, and the checkpoints advance on their
+/// own (nothing raw is written to confirm them), so a kill -9 mid-run and a restart end with
+/// the oracle's rows too.
+#[test]
+fn without_raw_events_the_rows_are_the_oracles_and_a_crash_resumes() {
+    let ns = Namespace::new("noraw").with("sinks.raw_events", "false");
+    ns.create_topics();
+    ns.migrate();
+    let dir = common::temp_dir("noraw");
+    let path = common::dataset(&ns, &dir, 60_000, 6_000, "2026-11-23T10:00:00Z");
+    ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
+    let records = read_all(&ns.config.kafka.brokers, &ns.config.topics.ride_events).unwrap();
+    let mut partitions: Vec<Vec<RideEvent>> = vec![Vec::new(); 12];
+    let mut malformed = 0;
+    for record in &records {
+        match RideEvent::parse(&record.payload) {
+            Ok(event) => partitions[record.partition as usize].push(event),
+            Err(_) => malformed += 1,
+        }
+    }
+    let (expected, _) = oracle::oracle(&partitions);
+
+    let output = ns.try_run(&[
+        "run",
+        "--until-end",
+        "-w",
+        "2",
+        "--print",
+        "--final-only",
+        "--group",
+        "noraw-clean",
+    ]);
+    let summary = common::summary_of(&output);
+    assert_eq!(field::<u64>(&summary, "written_events"), 0, "{summary}");
+    assert_eq!(
+        field::<u64>(&summary, "dead_letters"),
+        malformed,
+        "{summary}"
+    );
+    let rows = final_rows(&String::from_utf8(output.stdout).unwrap());
+    oracle::assert_final_rows_match(&rows, &expected, "raw events off");
+    assert_eq!(ns.scalar("SELECT count() FROM ride_events"), 0);
+    assert_eq!(ns.scalar("SELECT count() FROM dead_letters"), malformed);
+
+    // A second database for the crash run, so its rows are its own.
+    let crash = ns.with(
+        "clickhouse.database",
+        &format!("{}_crash", ns.config.clickhouse.database),
+    );
+    crash.migrate();
+    let mut job = crash
+        .command(&["run", "--until-end", "-w", "2", "--group", "noraw-crash"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut killed = false;
+    while job.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint came");
+        if crash.scalar("SELECT count() FROM checkpoints WHERE next_offset > 0") > 0 {
+            common::send_signal(job.id(), "KILL");
+            job.wait().unwrap();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(killed, "the job finished before a checkpoint was seen");
+    let resumed = crash.scalar(
+        "SELECT sum(next_offset) FROM checkpoints FINAL WHERE consumer_group = 'noraw-crash'",
+    );
+    println!(
+        "raw events off: killed with checkpoints at {resumed} of {} messages",
+        records.len()
+    );
+    let summary = common::summary_of(&crash.try_run(&[
+        "run",
+        "--until-end",
+        "-w",
+        "2",
+        "--group",
+        "noraw-crash",
+    ]));
+    assert_eq!(field::<u64>(&summary, "written_events"), 0, "{summary}");
+    let rows = common::metrics_rows(&crash);
+    oracle::assert_final_rows_match(&rows, &expected, "raw events off, after a kill -9");
+    assert_eq!(crash.scalar("SELECT count() FROM ride_events"), 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Live mode: all events on one partition; the other eleven are empty, reach their end and
 /// go idle, so they must not hold the watermark back: windows become final while the job
 /// keeps running.

@@ -183,6 +183,9 @@ pub struct SourceConfig {
     /// Whether this job sends malformed messages to the dead-letter topic (with several
     /// jobs on one topic, exactly one of them does).
     pub dead_letters: bool,
+    /// Whether valid records are written raw (`sinks.raw_events`; only ride events ever
+    /// are, see [`SourceRecord::STORED`]).
+    pub raw: bool,
 }
 
 /// Whether a job limited to `cities` (`None`: all) keeps an event of `city`. Shared by
@@ -537,9 +540,10 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                             slot.rebuild.entry(minute).or_insert((offset, before));
                             slot.first_ms.get_or_insert(sourced.event.event_ms());
                         }
-                        // Records that are not written raw are never handed: only their
+                        // Records that are not written raw (locations; ride events with
+                        // `sinks.raw_events = false`) are never handed: only their
                         // dead letters move the partition's written-to offset.
-                        handed &= R::STORED;
+                        handed &= R::STORED && config.raw;
                         if owns(&config.cities, sourced.event.city()) {
                             counters.events.fetch_add(1, Ordering::Relaxed);
                             if sourced.late {

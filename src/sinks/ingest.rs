@@ -33,24 +33,27 @@ impl IngestProgress {
     }
 }
 
-/// Writes `ingested` (this worker's source output, in offset order per partition).
+/// Writes `ingested` (this worker's source output, in offset order per partition); valid
+/// records only when `raw` (`sinks.raw_events`) and their kind is stored at all.
 pub fn ingest_sink<'scope, R: SourceRecord>(
     ingested: StreamVec<'scope, u64, Ingested<R>>,
     writer: Arc<Writer>,
     progress: Rc<RefCell<IngestProgress>>,
+    raw: bool,
 ) -> StreamVec<'scope, u64, ()> {
+    let store = R::STORED && raw;
     durable_sink(
         ingested,
         "IngestSink",
         writer,
-        |data: Vec<Ingested<R>>| {
+        move |data: Vec<Ingested<R>>| {
             let mut batch = Batch::default();
             let mut reached: BTreeMap<u32, i64> = BTreeMap::new();
             for item in data {
                 match item {
                     // Written before a restart, or never written (locations).
                     Ingested::Replayed(_) => continue,
-                    Ingested::Event(_) if !R::STORED => continue,
+                    Ingested::Event(_) if !store => continue,
                     _ => {}
                 }
                 let (partition, offset) = item.position();

@@ -337,3 +337,26 @@ pub fn private_broker(state: &std::path::Path, port: u16, postgres_port: u16, ac
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every `city_metrics` row (FINAL) as the job emitted it.
+pub fn metrics_rows(ns: &Namespace) -> Vec<dataflows::metrics_row::CityMetricsRow> {
+    use dataflows::event::Timestamp;
+    use dataflows::metrics_row::CityMetricsRow;
+    ns.query("SELECT city, toUnixTimestamp(window_start), toUnixTimestamp(window_end), total_events, requests, completions, cancellations, avg_fare, unique_riders, is_final, version FROM city_metrics FINAL ORDER BY city, window_start")
+        .into_iter()
+        .map(|r| CityMetricsRow {
+            city: r[0].clone(),
+            window_start: Timestamp(r[1].parse::<i64>().unwrap() * 1000),
+            window_end: Timestamp(r[2].parse::<i64>().unwrap() * 1000),
+            total_events: r[3].parse().unwrap(),
+            requests: r[4].parse().unwrap(),
+            completions: r[5].parse().unwrap(),
+            cancellations: r[6].parse().unwrap(),
+            avg_fare: (r[7] != "\\N").then(|| r[7].parse().unwrap()),
+            unique_riders: r[8].parse().unwrap(),
+            is_final: r[9].parse().unwrap(),
+            version: r[10].parse().unwrap(),
+            updated_at: Timestamp(0),
+        })
+        .collect()
+}
