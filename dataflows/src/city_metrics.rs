@@ -7,7 +7,10 @@
 //! its minute buckets, so an event touches one bucket rather than five windows. A window is
 //! final once the input frontier has passed its end (no minute before the end can still
 //! arrive); its final row is emitted once with `is_final = 1`, and buckets no open window
-//! needs are dropped, so state stays bounded behind the frontier.
+//! needs are dropped, so state stays bounded behind the frontier. Distinct riders are
+//! counted per window as events arrive (a rider new to a minute's bucket is new to each of
+//! its windows whose other buckets do not hold it), so a row is O(1) to compute rather than
+//! a union of five sets of riders (13 % of a file run's time before).
 //!
 //! The operator holds one capability, kept at its input frontier, and emits every row at
 //! it. So its output frontier *is* its input frontier: once a sink's durable frontier
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::vec::{Map, Partition};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
@@ -104,36 +107,50 @@ struct Bucket {
     /// replay gives bit-identical averages whatever the interleaving.
     fare_nanos: i128,
     fares: u64,
-    riders: HashSet<String>,
+    riders: RiderSet,
 }
 
-/// The operator's state: minute buckets per city, the capability rows are emitted at, and
-/// which windows changed since the last update.
+/// A set of riders with foldhash's fast hasher (see dataflows/Cargo.toml).
+type RiderSet = HashSet<String, foldhash::fast::RandomState>;
+
+/// One city's part of the state: its minute buckets, the distinct riders of each open
+/// window (kept as events arrive, so a row costs no merge of sets), and its windows changed
+/// since their last update.
+#[derive(Debug, Default)]
+struct CityState {
+    minutes: BTreeMap<u64, Bucket>,
+    /// Per window start: how many distinct riders its buckets hold. An event's rider is new
+    /// to a window exactly when no bucket of the window held it before, so this is the size
+    /// of the union of the window's bucket sets, whatever order the events came in.
+    window_riders: BTreeMap<u64, u64>,
+    dirty: BTreeSet<u64>,
+}
+
+/// The operator's state: per city its buckets, window riders and changed windows; the
+/// capability rows are emitted at.
 struct WindowState {
     config: WindowConfig,
-    /// Per city, per minute. Keyed by city first so an event finds its bucket by `&str`,
-    /// without allocating a key.
-    buckets: BTreeMap<String, BTreeMap<u64, Bucket>>,
+    /// Per city (one lookup per event, by `&str`, without allocating a key).
+    cities: BTreeMap<String, CityState>,
     /// At the input frontier; dropped when the input is done.
     capability: Option<Capability<u64>>,
-    /// Per city, the starts of its windows changed since their last update.
-    dirty: BTreeMap<String, BTreeSet<u64>>,
     /// Every window ending at or before this minute has had its final row.
     finalized_to: u64,
     last_flush: Instant,
+    /// Scratch: the minutes near an event's in which its rider already appears.
+    seen_in: Vec<u64>,
 }
 
 impl WindowState {
     fn add(&mut self, event: &SourcedEvent, minute: u64) {
         let e = &event.event;
-        if !self.buckets.contains_key(e.city.as_str()) {
-            self.buckets.insert(e.city.clone(), BTreeMap::new());
-        }
-        let minutes = self
-            .buckets
-            .get_mut(e.city.as_str())
-            .expect("inserted above");
-        let bucket = minutes.entry(minute).or_default();
+        let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
+        let finalized_to = self.finalized_to;
+        let city = match self.cities.get_mut(e.city.as_str()) {
+            Some(city) => city,
+            None => self.cities.entry(e.city.clone()).or_default(),
+        };
+        let bucket = city.minutes.entry(minute).or_default();
         if bucket.total == 0 || e.timestamp.millis() > bucket.max_ms {
             bucket.max_ms = e.timestamp.millis();
         }
@@ -146,34 +163,34 @@ impl WindowState {
             EventType::Started => bucket.started += 1,
         }
         // A minute whose final row was written before a restart is rebuilt, not re-emitted.
-        bucket.dirty = minute + 1 > self.finalized_to;
+        bucket.dirty = minute + 1 > finalized_to;
         if let Some(fare) = e.estimated_fare {
             bucket.fare_nanos += (fare * 1e9).round() as i128;
             bucket.fares += 1;
         }
-        if !bucket.riders.contains(&e.user_id) {
+        let new_rider = !bucket.riders.contains(&e.user_id);
+        if new_rider {
             bucket.riders.insert(e.user_id.clone());
+            // The other minutes of this minute's windows that already hold the rider.
+            self.seen_in.clear();
+            let near = minute.saturating_sub(length - 1)..minute + length;
+            for (other, bucket) in city.minutes.range(near) {
+                if *other != minute && bucket.riders.contains(&e.user_id) {
+                    self.seen_in.push(*other);
+                }
+            }
         }
-        let open: Vec<u64> = self
-            .window_starts(minute)
-            .filter(|start| start + self.config.length_minutes > self.finalized_to)
-            .collect();
-        if open.is_empty() {
-            return;
+        for start in window_starts(minute, length, slide) {
+            if start + length <= finalized_to {
+                continue;
+            }
+            city.dirty.insert(start);
+            let riders = city.window_riders.entry(start).or_default();
+            let window = start..start + length;
+            if new_rider && !self.seen_in.iter().any(|m| window.contains(m)) {
+                *riders += 1;
+            }
         }
-        if !self.dirty.contains_key(e.city.as_str()) {
-            self.dirty.insert(e.city.clone(), BTreeSet::new());
-        }
-        let dirty = self.dirty.get_mut(e.city.as_str()).expect("inserted above");
-        dirty.extend(open);
-    }
-
-    /// Starts of the windows containing `minute`.
-    fn window_starts(&self, minute: u64) -> impl Iterator<Item = u64> {
-        let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
-        let last = minute - minute % slide;
-        let first = (minute + 1).saturating_sub(length).div_ceil(slide) * slide;
-        (first..=last).step_by(slide as usize)
     }
 
     /// The rollup row of one minute bucket.
@@ -221,26 +238,20 @@ impl WindowState {
             updated_at: Timestamp(chrono::Utc::now().timestamp_millis()),
         };
         let (mut fare_nanos, mut fares) = (0i128, 0u64);
-        let mut riders: HashSet<&str> = HashSet::new();
-        let buckets = self
-            .buckets
-            .get(city)
-            .into_iter()
-            .flat_map(|m| m.range(start..end));
-        for (_, bucket) in buckets {
+        let state = self.cities.get(city)?;
+        for bucket in state.minutes.range(start..end).map(|(_, b)| b) {
             row.total_events += bucket.total;
             row.requests += bucket.requests;
             row.completions += bucket.completions;
             row.cancellations += bucket.cancellations;
             fare_nanos += bucket.fare_nanos;
             fares += bucket.fares;
-            riders.extend(bucket.riders.iter().map(String::as_str));
         }
         if row.total_events == 0 {
             return None;
         }
         row.avg_fare = (fares > 0).then(|| fare_nanos as f64 / 1e9 / fares as f64);
-        row.unique_riders = riders.len() as u64;
+        row.unique_riders = state.window_riders.get(&start).copied().unwrap_or(0);
         row.version = if is_final {
             final_version(row.total_events)
         } else {
@@ -248,6 +259,13 @@ impl WindowState {
         };
         Some(row)
     }
+}
+
+/// Starts of the windows (`length` minutes, sliding by `slide`) containing `minute`.
+fn window_starts(minute: u64, length: u64, slide: u64) -> impl Iterator<Item = u64> {
+    let last = minute - minute % slide;
+    let first = (minute + 1).saturating_sub(length).div_ceil(slide) * slide;
+    (first..=last).step_by(slide as usize)
 }
 
 fn city_hash(city: &str) -> u64 {
@@ -262,14 +280,17 @@ pub fn build<'scope>(
     config: &WindowConfig,
 ) -> CityMetrics<'scope> {
     assert!(config.slide_minutes > 0 && config.length_minutes.is_multiple_of(config.slide_minutes));
-    let late = events.clone().filter(|e| e.late).map(|e| LateEvent {
+    // Late and on-time events part ways by move: a `clone()` of the stream would copy
+    // every event for the late branch only.
+    let mut parts = events.partition(2, |e| (u64::from(e.late), e));
+    let late = parts.pop().expect("two parts").map(|e| LateEvent {
         city: e.event.city,
         timestamp: e.event.timestamp,
     });
-    let scope = events.scope();
+    let on_time = parts.pop().expect("two parts");
+    let scope = on_time.scope();
     let config = config.clone();
-    let emitted = events
-        .filter(|e| !e.late)
+    let emitted = on_time
         .unary_frontier(
             Exchange::new(|e: &SourcedEvent| city_hash(&e.event.city)),
             "CityWindows",
@@ -278,11 +299,11 @@ pub fn build<'scope>(
                 let finalized_to = config.finalized_through;
                 let mut state = WindowState {
                     config,
-                    buckets: BTreeMap::new(),
+                    cities: BTreeMap::new(),
                     capability: Some(capability),
-                    dirty: BTreeMap::new(),
                     finalized_to,
                     last_flush: Instant::now(),
+                    seen_in: Vec::new(),
                 };
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
@@ -293,7 +314,7 @@ pub fn build<'scope>(
                             state.add(&event, minute);
                         }
                     });
-                    let length = state.config.length_minutes;
+                    let (length, slide) = (state.config.length_minutes, state.config.slide_minutes);
                     // Everything before `done` is complete.
                     let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
 
@@ -301,8 +322,8 @@ pub fn build<'scope>(
                     if done > state.finalized_to {
                         // Final rollup rows of the minutes the frontier has passed.
                         let finalized_to = state.finalized_to;
-                        for (city, minutes) in state.buckets.iter_mut() {
-                            for (minute, bucket) in minutes.range_mut(..done) {
+                        for (city, city_state) in state.cities.iter_mut() {
+                            for (minute, bucket) in city_state.minutes.range_mut(..done) {
                                 if minute + 1 > finalized_to {
                                     bucket.dirty = false;
                                     if let Some(capability) = state.capability.as_ref() {
@@ -314,9 +335,9 @@ pub fn build<'scope>(
                             }
                         }
                         let mut closing: BTreeSet<(u64, String)> = BTreeSet::new();
-                        for (city, minutes) in &state.buckets {
-                            for minute in minutes.keys() {
-                                for start in state.window_starts(*minute) {
+                        for (city, city_state) in &state.cities {
+                            for minute in city_state.minutes.keys() {
+                                for start in window_starts(*minute, length, slide) {
                                     let end = start + length;
                                     if end > state.finalized_to && end <= done {
                                         closing.insert((start, city.clone()));
@@ -330,28 +351,36 @@ pub fn build<'scope>(
                             {
                                 output.session(capability).give(Emitted::Window(row));
                             }
-                            if let Some(starts) = state.dirty.get_mut(city.as_str()) {
-                                starts.remove(start);
-                            }
                         }
-                        state.dirty.retain(|_, starts| !starts.is_empty());
                         state.finalized_to = done;
                         // Evict what no open window needs.
-                        for minutes in state.buckets.values_mut() {
-                            minutes.retain(|minute, _| minute + length > done);
+                        for city_state in state.cities.values_mut() {
+                            city_state
+                                .minutes
+                                .retain(|minute, _| minute + length > done);
+                            city_state
+                                .window_riders
+                                .retain(|start, _| start + length > done);
+                            city_state.dirty.retain(|start| start + length > done);
                         }
-                        state.buckets.retain(|_, minutes| !minutes.is_empty());
+                        state.cities.retain(|_, c| !c.minutes.is_empty());
                     }
 
                     // Updates of open windows and minutes, at most once per emit interval.
-                    let minutes_dirty = state
-                        .buckets
+                    let changed = state
+                        .cities
                         .values()
-                        .any(|minutes| minutes.values().any(|b| b.dirty));
-                    if !state.dirty.is_empty() || minutes_dirty {
+                        .any(|c| !c.dirty.is_empty() || c.minutes.values().any(|b| b.dirty));
+                    if changed {
                         let since = state.last_flush.elapsed();
                         if since >= state.config.emit_interval {
-                            for (city, starts) in std::mem::take(&mut state.dirty) {
+                            let dirty: Vec<(String, BTreeSet<u64>)> = state
+                                .cities
+                                .iter_mut()
+                                .filter(|(_, c)| !c.dirty.is_empty())
+                                .map(|(city, c)| (city.clone(), std::mem::take(&mut c.dirty)))
+                                .collect();
+                            for (city, starts) in dirty {
                                 for start in starts {
                                     if let (Some(row), Some(capability)) =
                                         (state.row(start, &city, false), state.capability.as_ref())
@@ -360,8 +389,9 @@ pub fn build<'scope>(
                                     }
                                 }
                             }
-                            for (city, minutes) in state.buckets.iter_mut() {
-                                for (minute, bucket) in minutes.iter_mut().filter(|(_, b)| b.dirty)
+                            for (city, city_state) in state.cities.iter_mut() {
+                                for (minute, bucket) in
+                                    city_state.minutes.iter_mut().filter(|(_, b)| b.dirty)
                                 {
                                     bucket.dirty = false;
                                     if let Some(capability) = state.capability.as_ref() {
@@ -392,14 +422,24 @@ pub fn build<'scope>(
             },
         )
         .container::<Vec<_>>();
-    let rows = emitted.clone().flat_map(|emitted| match emitted {
-        Emitted::Window(row) => Some(row),
-        Emitted::Minute(_) => None,
+    let mut parts = emitted.partition(2, |emitted| match emitted {
+        Emitted::Window(row) => (0, Emitted::Window(row)),
+        Emitted::Minute(row) => (1, Emitted::Minute(row)),
     });
-    let minutes = emitted.flat_map(|emitted| match emitted {
-        Emitted::Minute(row) => Some(row),
-        Emitted::Window(_) => None,
-    });
+    let minutes = parts
+        .pop()
+        .expect("two parts")
+        .flat_map(|emitted| match emitted {
+            Emitted::Minute(row) => Some(row),
+            Emitted::Window(_) => None,
+        });
+    let rows = parts
+        .pop()
+        .expect("two parts")
+        .flat_map(|emitted| match emitted {
+            Emitted::Window(row) => Some(row),
+            Emitted::Minute(_) => None,
+        });
     CityMetrics {
         rows,
         minutes,
