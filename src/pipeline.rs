@@ -45,7 +45,6 @@ use dataflows::watermark::MarksBoard;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use tracing::info;
 
@@ -56,11 +55,9 @@ use crate::cluster::Layout;
 use crate::config::Config;
 use crate::file_source::{file_source, FileSourceConfig};
 use crate::kafka::settings;
-use crate::kafka::source::{
-    kafka_source, Ingested, Resume, SourceConfig, SourceCounters, SourceShared,
-};
+use crate::kafka::source::{kafka_source, Resume, SourceConfig, SourceCounters, SourceShared};
 use crate::kafka::topics;
-use crate::sinks::ingest::{ingest_sink, IngestProgress};
+use crate::sinks::ingest::{ingest_sink, split_ingested, IngestProgress};
 use crate::sinks::metrics::metrics_sink;
 use crate::sinks::minutes::minutes_sink;
 use crate::sinks::supply::supply_sink;
@@ -418,8 +415,8 @@ pub fn run<W: Write + Send + 'static>(
                     .map_err(|e| e.to_string())?,
                 )
             };
-            let events = ingested.clone().flat_map(Ingested::into_event);
-            let locations = located.clone().flat_map(Ingested::into_event);
+            let (events, ingested) = split_ingested(ingested, raw);
+            let (locations, located) = split_ingested(located, raw);
             let metrics = build(events.clone(), &window);
             // Late records are counted by the sources; the supply's late streams are unused.
             let city_supply = dataflows::supply::build(events, locations, &supply);

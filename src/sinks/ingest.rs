@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use dataflows::partitioned_source::Sourced;
+use timely::dataflow::operators::vec::{Map, Partition};
 use timely::dataflow::StreamVec;
 
 use super::durable::durable_sink;
@@ -31,6 +33,34 @@ impl IngestProgress {
         let entry = self.durable.entry(partition).or_insert(next);
         *entry = (*entry).max(next);
     }
+}
+
+/// Splits a source's output into the records the views read and what [`ingest_sink`] is
+/// given. Records written raw (ride events with `raw`) go to both sides, which copies each
+/// once; otherwise every item moves to one side only, without a copy: valid and replayed
+/// records to the views, dead letters to the sink (locations, and ride events with
+/// `sinks.raw_events = false`, are never handed to the sink, see `kafka::source`).
+pub fn split_ingested<'scope, R: SourceRecord>(
+    ingested: StreamVec<'scope, u64, Ingested<R>>,
+    raw: bool,
+) -> (
+    StreamVec<'scope, u64, Sourced<R>>,
+    StreamVec<'scope, u64, Ingested<R>>,
+) {
+    if R::STORED && raw {
+        let views = ingested.clone().flat_map(Ingested::into_event);
+        return (views, ingested);
+    }
+    let mut parts = ingested.partition(2, |item| match item {
+        Ingested::Dead(_) => (1, item),
+        _ => (0, item),
+    });
+    let sink = parts.pop().expect("two parts");
+    let views = parts
+        .pop()
+        .expect("two parts")
+        .flat_map(Ingested::into_event);
+    (views, sink)
 }
 
 /// Writes `ingested` (this worker's source output, in offset order per partition); valid
