@@ -303,6 +303,20 @@ mod tests {
     }
 
     #[test]
+    fn without_an_endpoint_nothing_is_recorded() {
+        let (gauges, tables) = (SourceGauges::default(), TableMetrics::default());
+        gauges.turn_off();
+        tables.turn_off();
+        gauges.record("t", [(0, PartitionGauge::default())], Some(1_000));
+        tables.inserted("ride_events", 100, 9_000, Duration::from_millis(20));
+        assert!(gauges.partitions().is_empty());
+        assert!(gauges.watermarks().is_empty());
+        assert!(!tables.recording());
+        assert!(tables.tables().all(|t| t.rows == 0 && t.bytes == 0));
+        assert_eq!(tables.last_checkpoint_ms(), None);
+    }
+
+    #[test]
     fn inserts_are_counted_per_table_and_checkpoints_dated() {
         let tables = TableMetrics::default();
         assert_eq!(tables.last_checkpoint_ms(), None);
