@@ -19,6 +19,22 @@ fn dataset(ns: &Namespace, dir: &std::path::Path) -> std::path::PathBuf {
     common::dataset(ns, dir, 12_000, 12_000, "2026-11-23T10:00:00Z")
 }
 
+/// What the broker holds of the namespace's ride events, each partition in offset order (as
+/// the job reads them): the valid events per partition, how many messages are malformed, and
+/// how many there are in all.
+fn broker_partitions(ns: &Namespace) -> (Vec<Vec<RideEvent>>, usize, usize) {
+    let records = read_all(&ns.config.kafka.brokers, &ns.config.topics.ride_events).unwrap();
+    let mut partitions: Vec<Vec<RideEvent>> = vec![Vec::new(); 12];
+    let mut malformed = 0;
+    for record in &records {
+        match RideEvent::parse(&record.payload) {
+            Ok(event) => partitions[record.partition as usize].push(event),
+            Err(_) => malformed += 1,
+        }
+    }
+    (partitions, malformed, records.len())
+}
+
 fn final_rows(stdout: &str) -> Vec<CityMetricsRow> {
     stdout
         .lines()
@@ -37,15 +53,7 @@ fn run_until_end_gives_the_oracles_final_rows() {
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
 
     // The oracle reads the broker's partitions in offset order, as the job does.
-    let records = read_all(&ns.config.kafka.brokers, &ns.config.topics.ride_events).unwrap();
-    let mut partitions: Vec<Vec<RideEvent>> = vec![Vec::new(); 12];
-    let mut malformed = 0;
-    for record in &records {
-        match RideEvent::parse(&record.payload) {
-            Ok(event) => partitions[record.partition as usize].push(event),
-            Err(_) => malformed += 1,
-        }
-    }
+    let (partitions, malformed, records) = broker_partitions(&ns);
     assert_eq!(malformed, MALFORMED);
     let (expected, late) = oracle::oracle(&partitions);
     let late_total: u64 = late.values().sum();
@@ -77,7 +85,7 @@ fn run_until_end_gives_the_oracles_final_rows() {
         assert_eq!(field::<u64>(summary, "late"), late_total, "{summary}");
         assert_eq!(
             field::<u64>(summary, "events"),
-            (records.len() - MALFORMED) as u64,
+            (records - MALFORMED) as u64,
             "{summary}"
         );
         let rows = final_rows(&String::from_utf8(output.stdout).unwrap());
@@ -98,15 +106,8 @@ fn without_raw_events_the_rows_are_the_oracles_and_a_crash_resumes() {
     let dir = common::temp_dir("noraw");
     let path = common::dataset(&ns, &dir, 60_000, 6_000, "2026-11-23T10:00:00Z");
     ns.run(&["simulate", "--replay", path.to_str().unwrap()]);
-    let records = read_all(&ns.config.kafka.brokers, &ns.config.topics.ride_events).unwrap();
-    let mut partitions: Vec<Vec<RideEvent>> = vec![Vec::new(); 12];
-    let mut malformed = 0;
-    for record in &records {
-        match RideEvent::parse(&record.payload) {
-            Ok(event) => partitions[record.partition as usize].push(event),
-            Err(_) => malformed += 1,
-        }
-    }
+    let (partitions, malformed, records) = broker_partitions(&ns);
+    let malformed = malformed as u64;
     let (expected, _) = oracle::oracle(&partitions);
 
     let output = ns.try_run(&[
@@ -161,7 +162,7 @@ fn without_raw_events_the_rows_are_the_oracles_and_a_crash_resumes() {
     );
     println!(
         "raw events off: killed with checkpoints at {resumed} of {} messages",
-        records.len()
+        records
     );
     let summary = common::summary_of(&crash.try_run(&[
         "run",
