@@ -81,6 +81,10 @@ pub struct SupplyConfig {
     /// A ride counts at a minute's end when its latest event is at most this many minutes
     /// old, so abandoned requests stop counting as waiting riders.
     pub request_timeout_minutes: u64,
+    /// Whether the job computes supply and demand: `auto` (default: yes, except in a file
+    /// run without `--locations-file`, which has no driver to count), `true` or `false`
+    /// (the city metrics alone; `driver-locations` is not read).
+    pub enabled: String,
 }
 
 impl Default for SupplyConfig {
@@ -88,11 +92,22 @@ impl Default for SupplyConfig {
         SupplyConfig {
             stale_after_minutes: 1,
             request_timeout_minutes: 10,
+            enabled: "auto".into(),
         }
     }
 }
 
 impl SupplyConfig {
+    /// Whether a job computes supply and demand; `rides_only_file_run`: a file run given
+    /// ride-event files and no location file. `validate` has checked the value.
+    pub fn runs(&self, rides_only_file_run: bool) -> bool {
+        match self.enabled.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => !rides_only_file_run,
+        }
+    }
+
     /// How many minutes back a supply row depends on: `max(stale, timeout)`.
     pub fn horizon_minutes(&self) -> u64 {
         self.stale_after_minutes.max(self.request_timeout_minutes)
@@ -514,6 +529,12 @@ impl Config {
                 return invalid(key, "must be a whole number of minutes from 1 to 1440");
             }
         }
+        if !["auto", "true", "false"].contains(&self.supply.enabled.as_str()) {
+            return invalid(
+                "supply.enabled",
+                &format!("`{}` is not auto, true or false", self.supply.enabled),
+            );
+        }
         if self.job.checkpoint_interval_ms == 0 {
             return invalid("job.checkpoint_interval_ms", "must be at least 1");
         }
@@ -687,6 +708,7 @@ mod tests {
             ),
             ("topics.city_supply=a b", "topics.city_supply"),
             ("metrics.listen=localhost", "metrics.listen"),
+            ("supply.enabled=yes", "supply.enabled"),
         ] {
             let overrides = if key == "window.length_minutes" {
                 vec![set, "window.slide_minutes=2"]

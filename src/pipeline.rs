@@ -235,6 +235,12 @@ pub fn run<W: Write + Send + 'static>(
         }
     })?;
     let from_files = !options.files.is_empty() || !options.location_files.is_empty();
+    // Supply and demand needs driver locations: a file run of ride events alone computes
+    // the city metrics only (unless `supply.enabled = true`), and without supply the job
+    // does not read `driver-locations` at all.
+    let with_supply = config
+        .supply
+        .runs(from_files && options.location_files.is_empty());
     if from_files && options.layout.processes.len() > 1 {
         bail!("--from-file runs in one process: use -w N for more worker threads");
     }
@@ -322,6 +328,7 @@ pub fn run<W: Write + Send + 'static>(
         resumed_location_partitions = location_resume.partitions.len(),
         location_partitions,
         finalized_through = window.finalized_through,
+        supply = with_supply,
         "starting job"
     );
     let shared = SourceShared {
@@ -370,7 +377,13 @@ pub fn run<W: Write + Send + 'static>(
         max_drift: Duration::from_secs(config.job.max_drift_secs),
     };
     let location_files = FileSourceConfig {
-        files: options.location_files.clone(),
+        // Without supply, no location is read: an empty file source only marks the topic's
+        // slots on the marks board finished.
+        files: if with_supply {
+            options.location_files.clone()
+        } else {
+            Vec::new()
+        },
         partitions: location_partitions,
         topic: config.topics.driver_locations.clone(),
         board_offset: workers,
@@ -395,6 +408,18 @@ pub fn run<W: Write + Send + 'static>(
                     file_source::<RideEvent>(scope, &files, shared),
                     file_source::<DriverLocation>(scope, &location_files, location_shared),
                 )
+            } else if !with_supply {
+                (
+                    kafka_source::<RideEvent>(
+                        scope,
+                        &source,
+                        shared,
+                        durable.clone(),
+                        progress.clone(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                    file_source::<DriverLocation>(scope, &location_files, location_shared),
+                )
             } else {
                 (
                     kafka_source::<RideEvent>(
@@ -417,9 +442,16 @@ pub fn run<W: Write + Send + 'static>(
             };
             let (events, ingested) = split_ingested(ingested, raw);
             let (locations, located) = split_ingested(located, raw);
-            let metrics = build(events.clone(), &window);
-            // Late records are counted by the sources; the supply's late streams are unused.
-            let city_supply = dataflows::supply::build(events, locations, &supply);
+            let metrics = if with_supply {
+                let metrics = build(events.clone(), &window);
+                // Late records are counted by the sources; the supply's late streams are
+                // unused.
+                let city_supply = dataflows::supply::build(events, locations, &supply);
+                supply_sink(city_supply.rows, writer.clone()).probe_with(&durable);
+                metrics
+            } else {
+                build(events, &window)
+            };
             let rows = metrics.rows.inspect(move |row| {
                 if !print || (final_only && row.is_final == 0) {
                     return;
@@ -431,8 +463,7 @@ pub fn run<W: Write + Send + 'static>(
             ingest_sink(ingested, writer.clone(), progress, raw).probe_with(&durable);
             ingest_sink(located, writer.clone(), location_progress, raw).probe_with(&durable);
             metrics_sink(rows, writer.clone()).probe_with(&durable);
-            minutes_sink(metrics.minutes, writer.clone()).probe_with(&durable);
-            supply_sink(city_supply.rows, writer).probe_with(&durable);
+            minutes_sink(metrics.minutes, writer).probe_with(&durable);
             Ok(())
         })
     })

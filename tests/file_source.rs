@@ -7,6 +7,8 @@ mod common;
 
 use common::{field, snapshot, summary_of, Namespace};
 
+const SUPPLY_SQL: &str = "SELECT toUnixTimestamp(minute), city, available_drivers, waiting_riders, rides_in_progress, requests, toString(version) FROM city_supply FINAL WHERE is_final = 1 ORDER BY city, minute";
+
 const EVENTS_SQL: &str = "SELECT ride_id, event_type, timestamp_ms, city, user_id, estimated_fare, is_late FROM ride_events FINAL ORDER BY ride_id, event_type, timestamp_ms, is_late";
 
 #[test]
@@ -55,16 +57,23 @@ fn files_give_the_rows_of_the_kafka_path() {
         file.scalar("SELECT count() FROM dead_letters FINAL"),
         malformed
     );
+    // The Kafka job computed supply (from its rides: no location was produced); the file
+    // run of rides alone did not.
+    let supply = kafka.query(SUPPLY_SQL);
+    assert!(supply.len() > 100, "{}", supply.len());
+    assert_eq!(file.scalar("SELECT count() FROM city_supply"), 0);
 
     // Two files, read in order, are the same stream.
     let (first, second) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
     let half = lines.len() / 2;
     std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
     std::fs::write(&second, lines[half..].join("\n") + "\n").unwrap();
-    let split = kafka.with(
-        "clickhouse.database",
-        &format!("{}_split", kafka.config.clickhouse.database),
-    );
+    let split = kafka
+        .with(
+            "clickhouse.database",
+            &format!("{}_split", kafka.config.clickhouse.database),
+        )
+        .with("supply.enabled", "true");
     split.migrate();
     let via_two = summary_of(&split.try_run(&[
         "run",
@@ -79,6 +88,24 @@ fn files_give_the_rows_of_the_kafka_path() {
         want[0],
         "city_metrics FINAL from two files"
     );
+    assert_eq!(split.query(SUPPLY_SQL), supply, "supply.enabled = true");
+
+    // And a Kafka job without supply: the same city metrics, no supply row.
+    let alone = kafka
+        .with(
+            "clickhouse.database",
+            &format!("{}_alone", kafka.config.clickhouse.database),
+        )
+        .with("supply.enabled", "false");
+    alone.migrate();
+    let via_alone = summary_of(&alone.try_run(&["run", "--until-end", "--group", "alone"]));
+    assert_eq!(field::<u64>(&via_alone, "events"), valid, "{via_alone}");
+    assert_eq!(
+        snapshot(&alone)[0],
+        want[0],
+        "city_metrics FINAL, no supply"
+    );
+    assert_eq!(alone.scalar("SELECT count() FROM city_supply"), 0);
 
     // A missing file is named.
     let output = split.try_run(&["run", "--from-file", "/nonexistent/events.jsonl"]);
