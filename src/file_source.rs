@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use dataflows::partitioned_source::EventStamper;
 use dataflows::watermark::WatermarkTracker;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
@@ -137,6 +139,46 @@ impl Alignment {
     }
 }
 
+/// The records read in an activation at one time, sent as one container: a capability and
+/// a session per record, and copying each into the session's buffer, were ~15 % of a file
+/// run's time.
+struct Pending<R> {
+    time: u64,
+    records: Vec<Ingested<R>>,
+}
+
+impl<R: SourceRecord> Pending<R> {
+    /// Adds a record to send at `time` (sending what is pending first if its time differs).
+    fn push(
+        &mut self,
+        time: u64,
+        record: Ingested<R>,
+        stamper: &EventStamper,
+        output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<Ingested<R>>>>,
+    ) {
+        if time != self.time {
+            self.send(stamper, output);
+            self.time = time;
+        }
+        self.records.push(record);
+    }
+
+    /// Sends what is pending; before the stamper's capability moves on.
+    fn send(
+        &mut self,
+        stamper: &EventStamper,
+        output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<Ingested<R>>>>,
+    ) {
+        if !self.records.is_empty() {
+            let capability = stamper.capability_at(self.time);
+            output
+                .session(&capability)
+                .give_container(&mut self.records);
+            self.records = Vec::with_capacity(MAX_LINES_PER_ACTIVATION);
+        }
+    }
+}
+
 /// The source for this worker. Fails the job (panics the worker with the path in the
 /// message) only if a file cannot be read.
 pub fn file_source<'scope, R: SourceRecord>(
@@ -166,6 +208,10 @@ pub fn file_source<'scope, R: SourceRecord>(
         };
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
         let mut line = Vec::new();
+        let mut pending = Pending {
+            time: 0,
+            records: Vec::with_capacity(MAX_LINES_PER_ACTIVATION),
+        };
         let mut finished = false;
         let counters = shared.counters.clone();
         let mut alignment = Alignment {
@@ -204,8 +250,8 @@ pub fn file_source<'scope, R: SourceRecord>(
                 }
                 match R::parse(&line) {
                     Ok(event) => {
-                        let (capability, sourced) =
-                            stamper.stamp(partition as u32, offset as u64, event, now);
+                        let (time, sourced) =
+                            stamper.judge(partition as u32, offset as u64, event, now);
                         alignment.read(sourced.event.event_ms());
                         if !owns(&config.cities, sourced.event.city()) {
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +261,7 @@ pub fn file_source<'scope, R: SourceRecord>(
                         if sourced.late {
                             counters.late.fetch_add(1, Ordering::Relaxed);
                         }
-                        output.session(&capability).give(Ingested::Event(sourced));
+                        pending.push(time, Ingested::Event(sourced), &stamper, output);
                     }
                     Err(error) => {
                         let count = counters.count_invalid(&error);
@@ -231,12 +277,13 @@ pub fn file_source<'scope, R: SourceRecord>(
                                 &error,
                             )
                             .from_topic(&config.topic);
-                            let held = stamper.capability().expect("held while reading");
-                            output.session(held).give(Ingested::Dead(dead));
+                            let held = *stamper.capability().expect("held while reading").time();
+                            pending.push(held, Ingested::Dead(dead), &stamper, output);
                         }
                     }
                 }
             }
+            pending.send(&stamper, output);
             if finished {
                 for &partition in &owned {
                     stamper.tracker.finish(partition);

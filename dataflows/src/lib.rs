@@ -36,6 +36,8 @@
 //!   `supply_split` hands each of its consumers what it needs of a record in one pass, and
 //!   `latest_per_minute` thins each entity's readings to one per minute before the reduce.
 //! - [`supply_row`]: the output row of SPEC §5.
+//! - [`split`]: one stream into two, each record moved once (the sources' outputs into
+//!   views and sinks, on-time and late events).
 #![deny(missing_docs)]
 
 pub mod city_metrics;
@@ -44,6 +46,7 @@ mod latest_per_minute;
 pub mod metrics_row;
 pub mod minute_row;
 pub mod partitioned_source;
+pub mod split;
 pub mod supply;
 pub mod supply_live;
 pub mod supply_row;

@@ -9,7 +9,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use dataflows::partitioned_source::Sourced;
-use timely::dataflow::operators::vec::{Map, Partition};
+use dataflows::split::{split, Side};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 use super::durable::durable_sink;
@@ -37,9 +38,9 @@ impl IngestProgress {
 
 /// Splits a source's output into the records the views read and what [`ingest_sink`] is
 /// given. Records written raw (ride events with `raw`) go to both sides, which copies each
-/// once; otherwise every item moves to one side only, without a copy: valid and replayed
-/// records to the views, dead letters to the sink (locations, and ride events with
-/// `sinks.raw_events = false`, are never handed to the sink, see `kafka::source`).
+/// once; otherwise every item moves to one side only, once (see `dataflows::split`): valid
+/// and replayed records to the views, dead letters to the sink (locations, and ride events
+/// with `sinks.raw_events = false`, are never handed to the sink, see `kafka::source`).
 pub fn split_ingested<'scope, R: SourceRecord>(
     ingested: StreamVec<'scope, u64, Ingested<R>>,
     raw: bool,
@@ -51,16 +52,10 @@ pub fn split_ingested<'scope, R: SourceRecord>(
         let views = ingested.clone().flat_map(Ingested::into_event);
         return (views, ingested);
     }
-    let mut parts = ingested.partition(2, |item| match item {
-        Ingested::Dead(_) => (1, item),
-        _ => (0, item),
-    });
-    let sink = parts.pop().expect("two parts");
-    let views = parts
-        .pop()
-        .expect("two parts")
-        .flat_map(Ingested::into_event);
-    (views, sink)
+    split(ingested, "SplitIngested", |item| match item {
+        Ingested::Event(sourced) | Ingested::Replayed(sourced) => Side::Left(sourced),
+        dead => Side::Right(dead),
+    })
 }
 
 /// Writes `ingested` (this worker's source output, in offset order per partition); valid
