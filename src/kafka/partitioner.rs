@@ -5,6 +5,14 @@
 //! lateness verdicts and rows, as the same file replayed through Kafka.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+/// The searchers for the quoted key names, built once (building one per line cost as much
+/// as the search).
+static RIDE_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ride_id\""));
+static DRIVER_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"driver_id\""));
 
 /// The `ride_id` of a `ride-events` line, if it is a JSON object with a string `ride_id`:
 /// the Kafka key it is produced under.
@@ -14,7 +22,7 @@ pub fn ride_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
         #[serde(borrow)]
         ride_id: Option<Cow<'a, str>>,
     }
-    if let Some(key) = scan_key(line, b"\"ride_id\"") {
+    if let Some(key) = scan_key(line, &RIDE_ID) {
         return key.map(Cow::Borrowed);
     }
     serde_json::from_slice::<Key>(line).ok()?.ride_id
@@ -28,7 +36,7 @@ pub fn driver_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
         #[serde(borrow)]
         driver_id: Option<Cow<'a, str>>,
     }
-    if let Some(key) = scan_key(line, b"\"driver_id\"") {
+    if let Some(key) = scan_key(line, &DRIVER_ID) {
         return key.map(Cow::Borrowed);
     }
     serde_json::from_slice::<Key>(line).ok()?.driver_id
@@ -44,7 +52,7 @@ pub fn driver_id_key(line: &[u8]) -> Option<Cow<'_, str>> {
 /// rest of the line: a malformed line with a readable key goes to that key's partition,
 /// where its producer would have put it (the file source and `simulate --replay` both
 /// use these functions, so a file and its replay still agree).
-fn scan_key<'a>(line: &'a [u8], quoted_name: &[u8]) -> Option<Option<&'a str>> {
+fn scan_key<'a>(line: &'a [u8], quoted_name: &Finder<'_>) -> Option<Option<&'a str>> {
     let trimmed = line.trim_ascii();
     if trimmed.first() != Some(&b'{')
         || trimmed.last() != Some(&b'}')
@@ -52,11 +60,11 @@ fn scan_key<'a>(line: &'a [u8], quoted_name: &[u8]) -> Option<Option<&'a str>> {
     {
         return None;
     }
-    let Some(at) = memchr::memmem::find(line, quoted_name) else {
+    let Some(at) = quoted_name.find(line) else {
         return Some(None);
     };
-    let after = at + quoted_name.len();
-    if memchr::memmem::find(&line[after..], quoted_name).is_some() {
+    let after = at + quoted_name.needle().len();
+    if quoted_name.find(&line[after..]).is_some() {
         return None;
     }
     // At the top level: outside strings, one `{` open before it and no `[`.
