@@ -109,17 +109,67 @@ struct Bucket {
     /// replay gives bit-identical averages whatever the interleaving.
     fare_nanos: i128,
     fares: u64,
-    /// Its distinct riders (shared with [`CityState::riders`]).
-    riders: Vec<Rc<str>>,
+    /// Its distinct riders.
+    riders: Vec<RiderName>,
 }
 
-/// A rider of a city's retained buckets.
-#[derive(Debug)]
-struct Rider {
-    name: Rc<str>,
-    /// The retained minutes it appears in (a few: a rider has few events per window).
-    minutes: Vec<u64>,
+/// Rider ids up to this long are kept inline.
+const INLINE_NAME: usize = 22;
+
+/// A rider's id, inline when it fits (ids such as `user-bratislava-12345` do), so a lookup
+/// compares bytes already in the map's slot rather than following a pointer per probe (the
+/// rider lookup is the window operator's largest cost). Hashed and compared as bytes.
+#[derive(Clone, Debug)]
+enum RiderName {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Rc<str>),
 }
+
+impl RiderName {
+    fn new(name: &str) -> RiderName {
+        if name.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            RiderName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            RiderName::Shared(Rc::from(name))
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RiderName::Inline { len, bytes } => &bytes[..*len as usize],
+            RiderName::Shared(name) => name.as_bytes(),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for RiderName {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for RiderName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for RiderName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RiderName {}
 
 /// One city's part of the state: its minute buckets, the distinct riders of each open
 /// window (kept as events arrive, so a row costs no merge of sets), and its windows changed
@@ -129,7 +179,9 @@ struct CityState {
     minutes: BTreeMap<u64, Bucket>,
     /// Every rider of `minutes`, by name, with foldhash's fast hasher (see
     /// dataflows/Cargo.toml).
-    riders: HashMap<Rc<str>, Rider, foldhash::fast::RandomState>,
+    /// (Per rider, the retained minutes it appears in: a few, a rider has few events per
+    /// window.)
+    riders: HashMap<RiderName, Vec<u64>, foldhash::fast::RandomState>,
     /// Per window start: how many distinct riders its buckets hold. An event's rider is new
     /// to a window exactly when no bucket of the window held it before, so this is the size
     /// of the union of the window's bucket sets, whatever order the events came in.
@@ -177,17 +229,11 @@ impl WindowState {
             bucket.fare_nanos += (fare * 1e9).round() as i128;
             bucket.fares += 1;
         }
-        let rider = match city.riders.get_mut(e.user_id.as_str()) {
-            Some(rider) => rider,
-            None => {
-                let name: Rc<str> = Rc::from(e.user_id.as_str());
-                city.riders.entry(name.clone()).or_insert(Rider {
-                    name,
-                    minutes: Vec::new(),
-                })
-            }
+        let minutes = match city.riders.get_mut(e.user_id.as_bytes()) {
+            Some(minutes) => minutes,
+            None => city.riders.entry(RiderName::new(&e.user_id)).or_default(),
         };
-        let new_to_minute = !rider.minutes.contains(&minute);
+        let new_to_minute = !minutes.contains(&minute);
         for start in window_starts(minute, length, slide) {
             if start + length <= finalized_to {
                 continue;
@@ -195,19 +241,19 @@ impl WindowState {
             city.dirty.insert(start);
             let riders = city.window_riders.entry(start).or_default();
             let window = start..start + length;
-            if new_to_minute && !rider.minutes.iter().any(|m| window.contains(m)) {
+            if new_to_minute && !minutes.iter().any(|m| window.contains(m)) {
                 *riders += 1;
             }
         }
         if new_to_minute {
-            bucket.riders.push(rider.name.clone());
-            rider.minutes.push(minute);
+            bucket.riders.push(RiderName::new(&e.user_id));
+            minutes.push(minute);
         }
     }
 
     /// The rollup row of one minute bucket.
     fn minute_row(minute: u64, city: &str, bucket: &Bucket, is_final: bool) -> CityMinuteRow {
-        let mut riders: Vec<String> = bucket.riders.iter().map(|r| r.to_string()).collect();
+        let mut riders: Vec<String> = bucket.riders.iter().map(RiderName::to_text).collect();
         riders.sort_unstable();
         CityMinuteRow {
             minute: Timestamp(minute as i64 * 60_000),
@@ -377,9 +423,9 @@ pub fn build<'scope>(
                             city_state
                                 .window_riders
                                 .retain(|start, _| start + length > done);
-                            city_state.riders.retain(|_, rider| {
-                                rider.minutes.retain(|minute| minute + length > done);
-                                !rider.minutes.is_empty()
+                            city_state.riders.retain(|_, minutes| {
+                                minutes.retain(|minute| minute + length > done);
+                                !minutes.is_empty()
                             });
                             city_state.dirty.retain(|start| start + length > done);
                         }
