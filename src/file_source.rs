@@ -55,8 +55,8 @@ pub struct FileSourceConfig {
     pub cities: Option<std::collections::BTreeSet<String>>,
     /// Whether malformed lines go to the dead-letter topic.
     pub dead_letters: bool,
-    /// Watermark alignment (`job.max_drift_secs`): reading pauses while this source's newest
-    /// event runs more than this ahead of the job's watermark (zero: never).
+    /// Watermark alignment (`job.max_drift_secs`): reading pauses while this source's slowest
+    /// partition runs more than this ahead of the job's watermark (zero: never).
     pub max_drift: Duration,
 }
 
@@ -99,37 +99,40 @@ impl Reader {
 }
 
 /// Watermark alignment for a file: the lines come in file order, so the whole file waits
-/// while the newest event read (on this worker's partitions) runs more than `max_drift_ms`
-/// ahead of the job's watermark, and reads on once it is within half of that. Without it a
-/// source whose file is quick to read (or a worker ahead of the other) would hand the
-/// dataflow every record up to the end of its file while the watermark, held by the slower
-/// source, keeps them all pending, so memory would grow with the file. The source holding
-/// the watermark is never ahead of it, so waiting cannot stall the job; the Kafka source
-/// aligns per partition the same way. (A 2,000,000-ride file, 40 minutes of event time,
-/// with its 959,520 locations, `-w 2`: peak RSS 522 MB with the default 300 s, 488 MB with
-/// `job.max_drift_secs = 60`; most of it is the supply dataflow's ten minutes of state.)
+/// while even the slowest partition this worker reads runs more than `max_drift_ms` ahead of
+/// the job's watermark, and reads on once it is within half of that. Without it a source
+/// whose file is quick to read (or a worker ahead of the other) would hand the dataflow
+/// every record up to the end of its file while the watermark, held by the slower source,
+/// keeps them all pending, so memory would grow with the file. The slowest partition, not
+/// the newest event, decides: when one of this worker's own partitions holds the watermark
+/// (a partition whose events run behind the others in the file), only reading on can move
+/// it, and waiting would stall the job for good (it did, before: a file with one partition
+/// ten minutes behind never finished). The Kafka source aligns per partition, where a
+/// paused partition never holds back another. (A 2,000,000-ride file, 40 minutes of event
+/// time, with its 959,520 locations, `-w 2`: peak RSS 522 MB with the default 300 s, 488 MB
+/// with `job.max_drift_secs = 60`; most of it is the supply dataflow's ten minutes of state.)
 struct Alignment {
     max_drift_ms: i64,
-    newest_ms: Option<i64>,
     waiting: bool,
 }
 
 impl Alignment {
-    /// An event of this worker's partitions was read.
-    fn read(&mut self, event_ms: i64) {
-        self.newest_ms = Some(self.newest_ms.map_or(event_ms, |n| n.max(event_ms)));
-    }
-
     /// Whether to wait now (with hysteresis).
-    fn wait(&mut self, stamper: &EventStamper) -> bool {
-        let (Some(watermark), Some(newest)) = (stamper.tracker.published_ms(), self.newest_ms)
-        else {
+    fn wait(&mut self, stamper: &EventStamper, now: Instant) -> bool {
+        let marks = stamper.tracker.local_marks(now);
+        let (Some(watermark), Some(slowest), false) = (
+            stamper.tracker.published_ms(),
+            marks.least_active,
+            marks.holding,
+        ) else {
+            // A partition that has read nothing yet holds the watermark: read on.
+            self.waiting = false;
             return false;
         };
         if self.max_drift_ms == 0 {
             return false;
         }
-        let ahead = newest - stamper.tracker.lateness_ms() - watermark;
+        let ahead = slowest - watermark;
         self.waiting = if self.waiting {
             ahead > self.max_drift_ms / 2
         } else {
@@ -216,7 +219,6 @@ pub fn file_source<'scope, R: SourceRecord>(
         let counters = shared.counters.clone();
         let mut alignment = Alignment {
             max_drift_ms: config.max_drift.as_millis() as i64,
-            newest_ms: None,
             waiting: false,
         };
         move |output| {
@@ -225,7 +227,7 @@ pub fn file_source<'scope, R: SourceRecord>(
             }
             let now = Instant::now();
             let backpressure =
-                shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS || alignment.wait(&stamper);
+                shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS || alignment.wait(&stamper, now);
             let mut handled = 0;
             while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
                 match reader.next_line(&mut line) {
@@ -252,7 +254,6 @@ pub fn file_source<'scope, R: SourceRecord>(
                     Ok(event) => {
                         let (time, sourced) =
                             stamper.judge(partition as u32, offset as u64, event, now);
-                        alignment.read(sourced.event.event_ms());
                         if !owns(&config.cities, sourced.event.city()) {
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);
                             continue;

@@ -117,3 +117,79 @@ fn files_give_the_rows_of_the_kafka_path() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A file in which one partition's events run ten minutes behind the others (more than
+/// `job.max_drift_secs`): the file source must read on, since only reading on moves that
+/// partition's clock (waiting for it stalled the run for good), and the rows are those of
+/// the same lines read back from Kafka, where partitions are read independently.
+#[test]
+fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
+    use dataflows::event::{RideEvent, Timestamp};
+    use ridepulse::kafka::partitioner::{partition_for, ride_id_key};
+
+    let kafka = Namespace::new("lagging");
+    kafka.create_topics();
+    kafka.migrate();
+    let dir = common::temp_dir("lagging");
+    let clean = dir.join("clean.jsonl");
+    kafka.run(&[
+        "simulate",
+        "--out",
+        clean.to_str().unwrap(),
+        "--count",
+        "12000",
+        "--rate",
+        "1000",
+        "--seed",
+        "5",
+        "--start",
+        "2026-11-23T10:00:00Z",
+    ]);
+    let partitions = 12;
+    let mut shifted = 0;
+    let lines: Vec<String> = std::fs::read_to_string(&clean)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let key = ride_id_key(line.as_bytes()).map(|k| k.into_owned());
+            if partition_for(key.as_deref().map(str::as_bytes), partitions, 0) != 0 {
+                return line.to_string();
+            }
+            shifted += 1;
+            let mut event = RideEvent::parse(line.as_bytes()).unwrap();
+            event.timestamp = Timestamp(event.timestamp.millis() - 600_000);
+            event.to_json()
+        })
+        .collect();
+    assert!(shifted > 500, "{shifted}");
+    let path = dir.join("lagging.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    kafka.run(&["simulate", "--replay", path.to_str().unwrap()]);
+    summary_of(&kafka.try_run(&["run", "--until-end", "--group", "k"]));
+
+    let file = kafka.with(
+        "clickhouse.database",
+        &format!("{}_file", kafka.config.clickhouse.database),
+    );
+    file.migrate();
+    let mut child = file
+        .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the file run stalled (a partition ten minutes behind the others)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let via_file = summary_of(&child.wait_with_output().unwrap());
+    assert_eq!(field::<u64>(&via_file, "events"), 12_000, "{via_file}");
+    let (want, got) = (snapshot(&kafka), snapshot(&file));
+    assert!(want[0].len() > 50);
+    assert_eq!(got[0], want[0], "city_metrics FINAL");
+    std::fs::remove_dir_all(&dir).ok();
+}
