@@ -23,15 +23,14 @@ use std::time::{Duration, Instant};
 
 use dataflows::partitioned_source::EventStamper;
 use dataflows::watermark::WatermarkTracker;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::generic::OutputBuilderSession;
 use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
 use crate::clickhouse::writer::DeadLetter;
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::source::{owns, Ingested, SourceRecord, SourceShared};
+use crate::pending::Pending;
 
 /// Lines handled per activation, so other operators get to run.
 const MAX_LINES_PER_ACTIVATION: usize = 4096;
@@ -142,46 +141,6 @@ impl Alignment {
     }
 }
 
-/// The records read in an activation at one time, sent as one container: a capability and
-/// a session per record, and copying each into the session's buffer, were ~15 % of a file
-/// run's time.
-struct Pending<R> {
-    time: u64,
-    records: Vec<Ingested<R>>,
-}
-
-impl<R: SourceRecord> Pending<R> {
-    /// Adds a record to send at `time` (sending what is pending first if its time differs).
-    fn push(
-        &mut self,
-        time: u64,
-        record: Ingested<R>,
-        stamper: &EventStamper,
-        output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<Ingested<R>>>>,
-    ) {
-        if time != self.time {
-            self.send(stamper, output);
-            self.time = time;
-        }
-        self.records.push(record);
-    }
-
-    /// Sends what is pending; before the stamper's capability moves on.
-    fn send(
-        &mut self,
-        stamper: &EventStamper,
-        output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<Ingested<R>>>>,
-    ) {
-        if !self.records.is_empty() {
-            let capability = stamper.capability_at(self.time);
-            output
-                .session(&capability)
-                .give_container(&mut self.records);
-            self.records = Vec::with_capacity(MAX_LINES_PER_ACTIVATION);
-        }
-    }
-}
-
 /// The source for this worker. Fails the job (panics the worker with the path in the
 /// message) only if a file cannot be read.
 pub fn file_source<'scope, R: SourceRecord>(
@@ -211,10 +170,7 @@ pub fn file_source<'scope, R: SourceRecord>(
         };
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
         let mut line = Vec::new();
-        let mut pending = Pending {
-            time: 0,
-            records: Vec::with_capacity(MAX_LINES_PER_ACTIVATION),
-        };
+        let mut pending = Pending::with_capacity(MAX_LINES_PER_ACTIVATION);
         let mut finished = false;
         let counters = shared.counters.clone();
         let mut alignment = Alignment {

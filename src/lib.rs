@@ -24,6 +24,7 @@
 //! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
 //!   that restarts them from their checkpoints.
 //! - [`file_source`]: `run --from-file`, the same job over JSON-lines files.
+//! - [`pending`]: both sources' records of an activation, sent as one container per time.
 //! - [`bench`]: `ridepulse bench`, the benchmark harness (JSON results, PNG plots).
 //! - [`dashboard`]: `ridepulse dashboard`, the live page served by the binary.
 //! - [`metrics`]: every job process's Prometheus `/metrics` (lag, watermark delay, late
@@ -41,6 +42,7 @@ pub mod file_source;
 pub mod jobs;
 pub mod kafka;
 pub mod metrics;
+pub mod pending;
 pub mod pipeline;
 pub mod simulator;
 pub mod sinks;

@@ -83,6 +83,7 @@ use tracing::{info, warn};
 use super::{settings, KafkaError};
 use crate::clickhouse::rows::CheckpointRecord;
 use crate::clickhouse::writer::{Batch, DeadLetter, Ticket, Writer};
+use crate::pending::Pending;
 use crate::sinks::ingest::IngestProgress;
 
 /// Messages handled per activation, so other operators get to run.
@@ -485,6 +486,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             }
             let mut data = data_output.activate();
             let output = &mut data;
+            let mut pending = Pending::with_capacity(MAX_MESSAGES_PER_ACTIVATION);
             let now = Instant::now();
             let mut handled = 0;
             let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
@@ -534,7 +536,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 match parsed {
                     Ok(event) => {
                         let before = stamper.tracker.max_ms(partition as u32);
-                        let (capability, sourced) = stamper.stamp(partition as u32, offset as u64, event, now);
+                        let (time, sourced) = stamper.judge(partition as u32, offset as u64, event, now);
                         if !sourced.late {
                             let minute = minute_of(sourced.event.event_ms());
                             slot.rebuild.entry(minute).or_insert((offset, before));
@@ -555,7 +557,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                                 counters.replayed.fetch_add(1, Ordering::Relaxed);
                                 Ingested::Replayed(sourced)
                             };
-                            output.session(&capability).give(item);
+                            pending.push(time, item, &stamper, output);
                         } else {
                             // Another job's city: it moved the clock, nothing to write.
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);
@@ -577,8 +579,8 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                                 &error,
                             )
                             .from_topic(&config.topic);
-                            let held = stamper.capability().expect("held while reading");
-                            output.session(held).give(Ingested::Dead(dead));
+                            let held = *stamper.capability().expect("held while reading").time();
+                            pending.push(held, Ingested::Dead(dead), &stamper, output);
                         }
                     }
                 }
@@ -593,6 +595,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                     let _ = consumer.pause(&done);
                 }
             }
+            pending.send(&stamper, output);
             // Drained what was fetched: which partitions are at their end? (librdkafka's
             // partition-EOF events reach the client context without their partition, so the
             // position is compared with the high watermark of the last fetch response.)
