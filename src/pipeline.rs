@@ -7,7 +7,10 @@
 //! to `ride_events` and dead letters of both topics to the dead-letter topic; the metrics
 //! sink upserts rows into `city_metrics` and sends them to `analytics-aggregated`, the
 //! rollup sink upserts per-minute rows into `city_minutes` (what the dashboards read); the
-//! supply sink upserts rows into `city_supply` and sends them to `city-supply`. A probe on
+//! supply sink upserts rows into `city_supply` and sends them to `city-supply`. Supply and demand
+//! needs driver locations: with `supply.enabled = false`, or `auto` in a file run without
+//! location files, the supply dataflow is not built, and `driver-locations` is not read
+//! (an empty file source marks its slots on the marks board finished). A probe on
 //! every sink is the durable frontier both sources checkpoint behind (see
 //! `kafka::source`), so a checkpoint never passes a metrics or supply row that is not
 //! durable. Both sources post to one marks board: the job's watermark is the minimum over
