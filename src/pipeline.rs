@@ -406,42 +406,24 @@ pub fn run<W: Write + Send + 'static>(
         let progress = Rc::new(RefCell::new(IngestProgress::default()));
         let location_progress = Rc::new(RefCell::new(IngestProgress::default()));
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let (ingested, located) = if from_files {
-                (
-                    file_source::<RideEvent>(scope, &files, shared),
-                    file_source::<DriverLocation>(scope, &location_files, location_shared),
-                )
-            } else if !with_supply {
-                (
-                    kafka_source::<RideEvent>(
-                        scope,
-                        &source,
-                        shared,
-                        durable.clone(),
-                        progress.clone(),
-                    )
-                    .map_err(|e| e.to_string())?,
-                    file_source::<DriverLocation>(scope, &location_files, location_shared),
-                )
+            let ingested = if from_files {
+                file_source::<RideEvent>(scope, &files, shared)
             } else {
-                (
-                    kafka_source::<RideEvent>(
-                        scope,
-                        &source,
-                        shared,
-                        durable.clone(),
-                        progress.clone(),
-                    )
-                    .map_err(|e| e.to_string())?,
-                    kafka_source::<DriverLocation>(
-                        scope,
-                        &location_source,
-                        location_shared,
-                        durable.clone(),
-                        location_progress.clone(),
-                    )
-                    .map_err(|e| e.to_string())?,
+                kafka_source::<RideEvent>(scope, &source, shared, durable.clone(), progress.clone())
+                    .map_err(|e| e.to_string())?
+            };
+            // Without supply the location files are none, so this reads nothing.
+            let located = if from_files || !with_supply {
+                file_source::<DriverLocation>(scope, &location_files, location_shared)
+            } else {
+                kafka_source::<DriverLocation>(
+                    scope,
+                    &location_source,
+                    location_shared,
+                    durable.clone(),
+                    location_progress.clone(),
                 )
+                .map_err(|e| e.to_string())?
             };
             let (events, ingested) = split_ingested(ingested, raw);
             let (locations, located) = split_ingested(located, raw);

@@ -172,21 +172,18 @@ fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
         &format!("{}_file", kafka.config.clickhouse.database),
     );
     file.migrate();
-    let mut child = file
+    let child = file
         .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().ok();
-            panic!("the file run stalled (a partition ten minutes behind the others)");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let via_file = summary_of(&child.wait_with_output().unwrap());
+    let output = common::wait_or_fail(
+        child,
+        std::time::Duration::from_secs(120),
+        "the file run stalled (a partition ten minutes behind the others)",
+    );
+    let via_file = summary_of(&output);
     assert_eq!(field::<u64>(&via_file, "events"), 12_000, "{via_file}");
     let (want, got) = (snapshot(&kafka), snapshot(&file));
     assert!(want[0].len() > 50);

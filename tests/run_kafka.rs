@@ -258,22 +258,18 @@ fn until_end_on_an_empty_topic_finishes() {
     let ns = Namespace::new("empty");
     ns.create_topics();
     ns.migrate();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ridepulse"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ridepulse"))
         .args(ns.args())
         .args(["run", "--until-end", "-w", "2", "--group", "it-empty"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("run --until-end did not finish on an empty topic");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = common::wait_or_fail(
+        child,
+        std::time::Duration::from_secs(60),
+        "run --until-end did not finish on an empty topic",
+    );
     assert!(output.status.success());
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -263,6 +263,24 @@ pub fn snapshot(ns: &Namespace) -> Vec<Vec<Vec<String>>> {
     SNAPSHOT_SQL.iter().map(|sql| ns.query(sql)).collect()
 }
 
+/// Waits for `child` to exit, killing it and failing the test (`what` says what should
+/// have happened) if it runs longer than `limit`.
+pub fn wait_or_fail(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn summary_of(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
