@@ -170,7 +170,7 @@ pub fn file_source<'scope, R: SourceRecord>(
         };
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
         let mut line = Vec::new();
-        let mut pending = Pending::with_capacity(MAX_LINES_PER_ACTIVATION);
+        let mut pending = Pending::new();
         let mut finished = false;
         let counters = shared.counters.clone();
         let mut alignment = Alignment {

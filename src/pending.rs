@@ -10,23 +10,32 @@ use dataflows::partitioned_source::EventStamper;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::OutputBuilderSession;
 
-/// What an activation has read and not yet sent: records of one time.
+/// What an activation has read and not yet sent: records of one time. Kept across
+/// activations, so each container is allocated as large as the previous one was: a busy
+/// source fills a few thousand records at once, a live one a handful.
 pub struct Pending<D> {
     time: u64,
-    capacity: usize,
     records: Vec<D>,
 }
+
+/// The smallest container allocated.
+const MIN_CAPACITY: usize = 16;
 
 /// A source's data output during an activation.
 pub type Output<'a, D> = OutputBuilderSession<'a, u64, CapacityContainerBuilder<Vec<D>>>;
 
+impl<D: 'static> Default for Pending<D> {
+    fn default() -> Self {
+        Pending::new()
+    }
+}
+
 impl<D: 'static> Pending<D> {
-    /// Collects up to `capacity` records before a container is allocated anew.
-    pub fn with_capacity(capacity: usize) -> Pending<D> {
+    /// Nothing pending.
+    pub fn new() -> Pending<D> {
         Pending {
             time: 0,
-            capacity,
-            records: Vec::with_capacity(capacity),
+            records: Vec::with_capacity(MIN_CAPACITY),
         }
     }
 
@@ -49,11 +58,12 @@ impl<D: 'static> Pending<D> {
     /// Sends what is pending; must come before the stamper's capability moves on.
     pub fn send(&mut self, stamper: &EventStamper, output: &mut Output<'_, D>) {
         if !self.records.is_empty() {
+            let sent = self.records.len();
             let capability = stamper.capability_at(self.time);
             output
                 .session(&capability)
                 .give_container(&mut self.records);
-            self.records = Vec::with_capacity(self.capacity);
+            self.records = Vec::with_capacity(sent.max(MIN_CAPACITY));
         }
     }
 }

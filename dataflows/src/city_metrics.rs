@@ -177,10 +177,8 @@ impl Eq for RiderName {}
 #[derive(Debug, Default)]
 struct CityState {
     minutes: BTreeMap<u64, Bucket>,
-    /// Every rider of `minutes`, by name, with foldhash's fast hasher (see
-    /// dataflows/Cargo.toml).
-    /// (Per rider, the retained minutes it appears in: a few, a rider has few events per
-    /// window.)
+    /// Every rider of `minutes` with the minutes of `minutes` it appears in (a few: a rider
+    /// has few events per window); foldhash's fast hasher (see dataflows/Cargo.toml).
     riders: HashMap<RiderName, Vec<u64>, foldhash::fast::RandomState>,
     /// Per window start: how many distinct riders its buckets hold. An event's rider is new
     /// to a window exactly when no bucket of the window held it before, so this is the size

@@ -480,13 +480,13 @@ pub fn kafka_source<'scope, R: SourceRecord>(
         let max_future_ms = config.max_future.as_millis() as i64;
         let max_drift_ms = config.max_drift.as_millis() as i64;
         let (mut gauges_at, mut last_activation) = (Instant::now(), Instant::now());
+        let mut pending = Pending::new();
         move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
             }
             let mut data = data_output.activate();
             let output = &mut data;
-            let mut pending = Pending::with_capacity(MAX_MESSAGES_PER_ACTIVATION);
             let now = Instant::now();
             let mut handled = 0;
             let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
