@@ -325,3 +325,106 @@ fn one_and_four_workers_emit_identical_final_rows() {
     };
     assert_eq!(finals(1), finals(4), "bit-identical, including avg_fare");
 }
+
+/// Update mode while windows are open: every open window an event lands in gets an update
+/// row with its counts so far (a rider already seen in an earlier minute of the window is not
+/// counted again), and a window the frontier passes gets its final row, after its updates.
+#[test]
+fn every_open_window_an_event_lands_in_gets_an_update_row() {
+    use dataflows::partitioned_source::Sourced;
+    use timely::dataflow::operators::{Input, Probe};
+
+    let rows = Arc::new(Mutex::new(Vec::<CityMetricsRow>::new()));
+    let seen = rows.clone();
+    timely::execute(timely::Config::thread(), move |worker| {
+        let seen = seen.clone();
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_input::<Vec<Sourced<RideEvent>>>();
+            let metrics = build(
+                events,
+                &WindowConfig {
+                    emit_interval: Duration::ZERO,
+                    ..WindowConfig::default()
+                },
+            );
+            let (probe, _) = metrics
+                .rows
+                .inspect(move |row| seen.lock().unwrap().push(row.clone()))
+                .probe();
+            (input, probe)
+        });
+        let m = (BASE_MS / 60_000) as u64 + 10;
+        let event = |offset: u64, minute: u64, rider: &str| Sourced {
+            partition: 0,
+            offset,
+            event: RideEvent {
+                event_type: EventType::Requested,
+                ride_id: format!("ride-{offset}"),
+                timestamp: Timestamp(minute as i64 * 60_000 + 5_000),
+                city: "london".into(),
+                estimated_fare: Some(10.0),
+                user_id: rider.into(),
+                driver_id: None,
+                pickup: None,
+                dropoff: None,
+            },
+            late: false,
+        };
+        input.advance_to(m);
+        // Data alone (the frontier stays): open windows' updates only.
+        input.send(event(0, m, "rider-a"));
+        for _ in 0..20 {
+            worker.step();
+        }
+        // The frontier alone: the window ending at m + 1 closes.
+        input.advance_to(m + 1);
+        while probe.less_than(input.time()) {
+            worker.step();
+        }
+        input.send(event(1, m + 1, "rider-a"));
+        input.send(event(2, m + 1, "rider-b"));
+        for _ in 0..20 {
+            worker.step();
+        }
+        input.advance_to(m + 2);
+        while probe.less_than(input.time()) {
+            worker.step();
+        }
+    })
+    .unwrap();
+    let rows = rows.lock().unwrap().clone();
+    let m = BASE_MS / 60_000 + 10;
+    let start_of = |row: &CityMetricsRow| row.window_start.0 / 60_000 - m;
+    // (window start − m, is_final) → (events, distinct riders) of its latest row.
+    let mut latest = BTreeMap::new();
+    for row in &rows {
+        latest.insert(
+            (start_of(row), row.is_final),
+            (row.total_events, row.unique_riders),
+        );
+    }
+    let expected: BTreeMap<(i64, u8), (u64, u64)> = [
+        ((-4, 0), (1, 1)),
+        ((-4, 1), (1, 1)),
+        ((-3, 0), (3, 2)),
+        ((-3, 1), (3, 2)),
+        ((-2, 0), (3, 2)),
+        ((-1, 0), (3, 2)),
+        ((0, 0), (3, 2)),
+        // Only the second minute: rider-a is new to this window.
+        ((1, 0), (2, 2)),
+        // The input closes when the worker returns: every window becomes final.
+        ((-2, 1), (3, 2)),
+        ((-1, 1), (3, 2)),
+        ((0, 1), (3, 2)),
+        ((1, 1), (2, 2)),
+    ]
+    .into();
+    assert_eq!(latest, expected, "rows: {rows:#?}");
+    let closing: Vec<u8> = rows
+        .iter()
+        .filter(|r| start_of(r) == -3)
+        .map(|r| r.is_final)
+        .collect();
+    assert_eq!(closing, [0, 0, 1], "an update per step, then the final row");
+}
