@@ -220,16 +220,18 @@ pub fn run<W: Write + Send + 'static>(
     options: &RunOptions,
     out: W,
 ) -> anyhow::Result<RunSummary> {
-    let partitions = topics::partition_count(&config.kafka.brokers, &config.topics.ride_events)?;
-    let location_partitions =
-        topics::partition_count(&config.kafka.brokers, &config.topics.driver_locations)?;
-    for topic in [
-        &config.topics.aggregated,
-        &config.topics.dead_letters,
-        &config.topics.city_supply,
-    ] {
-        topics::partition_count(&config.kafka.brokers, topic)?;
-    }
+    // Every topic the job reads or writes must exist (one metadata request).
+    let counts = topics::partition_counts(
+        &config.kafka.brokers,
+        &[
+            &config.topics.ride_events,
+            &config.topics.driver_locations,
+            &config.topics.aggregated,
+            &config.topics.dead_letters,
+            &config.topics.city_supply,
+        ],
+    )?;
+    let (partitions, location_partitions) = (counts[0], counts[1]);
     let layout = clickhouse::block_on(schema::verify(&config.clickhouse)).map_err(|error| {
         if error.is_retryable() {
             anyhow::Error::new(error)
@@ -496,6 +498,7 @@ pub fn run<W: Write + Send + 'static>(
         writer.submit(
             Batch {
                 checkpoints: finals.clone(),
+                last: true,
                 ..Batch::default()
             },
             None,

@@ -278,11 +278,22 @@ pub fn list(config: &Config) -> Result<Vec<Option<TopicInfo>>, KafkaError> {
 
 /// Partition count of a topic, or an error saying it does not exist.
 pub fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+    Ok(partition_counts(brokers, &[topic])?[0])
+}
+
+/// [`partition_count`] of several topics from one metadata request (a client and a request
+/// each cost ~90 ms against the local broker: five of them were most of a job's start-up).
+pub fn partition_counts(brokers: &str, topics: &[&str]) -> Result<Vec<i32>, KafkaError> {
     let metadata = fetch_metadata(brokers, None)?;
-    metadata
-        .topics()
+    topics
         .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len() as i32)
-        .ok_or_else(|| KafkaError::MissingTopic(topic.to_string()))
+        .map(|topic| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == *topic)
+                .map(|t| t.partitions().len() as i32)
+                .ok_or_else(|| KafkaError::MissingTopic(topic.to_string()))
+        })
+        .collect()
 }
