@@ -137,6 +137,9 @@ pub struct Batch {
     pub minutes: Vec<CityMinuteRow>,
     /// Checkpoints, written after everything before them.
     pub checkpoints: Vec<CheckpointRecord>,
+    /// The submitting sink's input is done (its last batch): written without waiting for
+    /// more batches to merge, so a run's last rows are not held back.
+    pub last: bool,
 }
 
 impl Batch {
@@ -158,6 +161,7 @@ impl Batch {
         self.supply.extend(other.supply);
         self.minutes.extend(other.minutes);
         self.checkpoints.extend(other.checkpoints);
+        self.last |= other.last;
     }
 
     /// Whether the batch holds nothing.
@@ -397,7 +401,7 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
 
 /// The batches written as one: `first`, every batch already queued behind it, and those
 /// that arrive until [`MIN_WRITE_INTERVAL`] has passed since the previous write began (or
-/// [`MAX_MERGED_ROWS`] are gathered). A live job's sinks submit about once per emit
+/// [`MAX_MERGED_ROWS`] are gathered, or a sink's last batch comes). A live job's sinks submit about once per emit
 /// interval, so it seldom waits; a file run's sinks submit at every minute of event time,
 /// forty times a second, and each insert cost ClickHouse ~8 ms of CPU (a new part, then
 /// merges) and Tansu a produce: a third of a core on this machine, taken from the workers.
@@ -414,7 +418,9 @@ fn gather(
             Ok(job) => job,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
-                let Some(wait) = due.and_then(|due| due.checked_duration_since(Instant::now()))
+                let Some(wait) = due
+                    .filter(|_| !batch.last)
+                    .and_then(|due| due.checked_duration_since(Instant::now()))
                 else {
                     break;
                 };
@@ -979,6 +985,19 @@ mod tests {
         let (batch, waiting) = gather(first, &receiver, Some(Instant::now()));
         assert_eq!((batch.checkpoints.len(), waiting.len()), (5, 2));
         late.join().unwrap();
+    }
+
+    #[test]
+    fn a_sinks_last_batch_is_written_without_waiting() {
+        let (sender, receiver) = sync_channel::<Job>(QUEUE_DEPTH);
+        let ((mut batch, ticket, activator), _) = job(1);
+        batch.last = true;
+        sender.send(job(2).0).unwrap();
+        let started = Instant::now();
+        let (batch, waiting) = gather((batch, ticket, activator), &receiver, Some(started));
+        assert_eq!((batch.checkpoints.len(), waiting.len()), (3, 2));
+        assert!(started.elapsed() < MIN_WRITE_INTERVAL / 2);
+        drop(sender);
     }
 
     #[test]
