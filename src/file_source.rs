@@ -16,7 +16,7 @@
 //! changes nothing.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -59,40 +59,77 @@ pub struct FileSourceConfig {
     pub max_drift: Duration,
 }
 
-/// The reading position across the files.
+/// Bytes read from a file at a time (lines are handed out as slices of them).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The reading position across the files: large reads, and each line a slice of the read
+/// buffer found with `memchr`, rather than a copy per line (with two workers, each reading
+/// every line, `read_until`'s search and copy were ~7 % of a file run).
 struct Reader {
     files: std::vec::IntoIter<PathBuf>,
-    current: Option<(PathBuf, BufReader<File>)>,
+    /// The file being read; `None` before the first and after the last.
+    current: Option<File>,
+    /// Read but not yet handed out: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
     /// Lines read so far, over all files (the fallback partition of keyless lines).
     lines: u64,
-    /// Per partition, the next offset.
-    next: Vec<i64>,
 }
 
 impl Reader {
-    /// The next line (without its newline), or `None` at the end of the last file.
-    fn next_line(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    fn new(files: Vec<PathBuf>) -> Reader {
+        Reader {
+            files: files.into_iter(),
+            current: None,
+            buf: vec![0; CHUNK_BYTES],
+            start: 0,
+            end: 0,
+            lines: 0,
+        }
+    }
+
+    /// Where the next line (without its newline) is in [`Reader::buf`], or `None` at the
+    /// end of the last file.
+    fn next_line(&mut self) -> std::io::Result<Option<std::ops::Range<usize>>> {
         loop {
-            if self.current.is_none() {
+            if let Some(at) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = self.start..self.start + at;
+                self.start += at + 1;
+                self.lines += 1;
+                return Ok(Some(line));
+            }
+            let Some(file) = self.current.as_mut() else {
                 let Some(path) = self.files.next() else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let file = File::open(&path).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
                 })?;
-                self.current = Some((path, BufReader::with_capacity(1 << 20, file)));
+                self.current = Some(file);
+                continue;
+            };
+            // Keep the partial line, then read more after it (a line longer than the
+            // buffer grows it).
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
             }
-            let (_, reader) = self.current.as_mut().expect("opened above");
-            line.clear();
-            if reader.read_until(b'\n', line)? == 0 {
-                self.current = None;
+            let read = file.read(&mut self.buf[self.end..])?;
+            if read > 0 {
+                self.end += read;
                 continue;
             }
-            if line.last() == Some(&b'\n') {
-                line.pop();
+            // The end of this file: its last line may lack a newline.
+            self.current = None;
+            if self.start < self.end {
+                let line = self.start..self.end;
+                self.start = self.end;
+                self.lines += 1;
+                return Ok(Some(line));
             }
-            self.lines += 1;
-            return Ok(true);
         }
     }
 }
@@ -162,14 +199,10 @@ pub fn file_source<'scope, R: SourceRecord>(
             tracker.add_partition(partition, now);
         }
         let mut stamper = EventStamper::new(tracker, capability);
-        let mut reader = Reader {
-            files: config.files.clone().into_iter(),
-            current: None,
-            lines: 0,
-            next: vec![0; config.partitions as usize],
-        };
+        let mut reader = Reader::new(config.files.clone());
+        // Per partition, the next offset.
+        let mut next_offset = vec![0i64; config.partitions as usize];
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
-        let mut line = Vec::new();
         let mut pending = Pending::new();
         let mut finished = false;
         let counters = shared.counters.clone();
@@ -186,27 +219,27 @@ pub fn file_source<'scope, R: SourceRecord>(
                 shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS || alignment.wait(&stamper, now);
             let mut handled = 0;
             while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
-                match reader.next_line(&mut line) {
-                    Ok(true) => {}
-                    Ok(false) => {
+                let line = match reader.next_line() {
+                    Ok(Some(range)) => &reader.buf[range],
+                    Ok(None) => {
                         finished = true;
                         break;
                     }
                     Err(error) => panic!("the file source cannot read on: {error}"),
-                }
+                };
                 handled += 1;
-                let key = R::key_of(&line);
+                let key = R::key_of(line);
                 let partition = partition_for(
                     key.as_deref().map(str::as_bytes),
                     config.partitions,
                     reader.lines - 1,
                 );
-                let offset = reader.next[partition as usize];
-                reader.next[partition as usize] += 1;
+                let offset = next_offset[partition as usize];
+                next_offset[partition as usize] += 1;
                 if partition as usize % peers != worker {
                     continue;
                 }
-                match R::parse(&line) {
+                match R::parse(line) {
                     Ok(event) => {
                         let (time, sourced) =
                             stamper.judge(partition as u32, offset as u64, event, now);
@@ -230,7 +263,7 @@ pub fn file_source<'scope, R: SourceRecord>(
                                 partition as u32,
                                 offset as u64,
                                 key.as_deref().map(|k| k.as_bytes().to_vec()),
-                                line.clone(),
+                                line.to_vec(),
                                 &error,
                             )
                             .from_topic(&config.topic);
@@ -257,4 +290,53 @@ pub fn file_source<'scope, R: SourceRecord>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of every file, in order, whatever the buffer boundaries.
+    fn read_all(files: Vec<PathBuf>) -> Vec<Vec<u8>> {
+        let mut reader = Reader::new(files);
+        let mut lines = Vec::new();
+        while let Some(range) = reader.next_line().unwrap() {
+            lines.push(reader.buf[range].to_vec());
+        }
+        assert_eq!(reader.lines, lines.len() as u64);
+        lines
+    }
+
+    #[test]
+    fn lines_come_whole_across_reads_files_and_a_missing_last_newline() {
+        let dir = std::env::temp_dir().join(format!("ridepulse-reader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Lines of many lengths, so some straddle each read; one longer than the buffer.
+        let mut expected: Vec<Vec<u8>> = (0..40_000)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 97)).into_bytes())
+            .collect();
+        expected.insert(20_000, vec![b'y'; 3 * CHUNK_BYTES + 17]);
+        expected.insert(30_000, Vec::new());
+        let mut first = expected[..25_000].join(&b'\n');
+        first.push(b'\n');
+        let second = expected[25_000..].join(&b'\n'); // no newline at its end
+        let (a, b, empty) = (dir.join("a"), dir.join("b"), dir.join("empty"));
+        std::fs::write(&a, first).unwrap();
+        std::fs::write(&b, second).unwrap();
+        std::fs::write(&empty, b"").unwrap();
+        let lines = read_all(vec![a, empty, b]);
+        assert_eq!(lines.len(), expected.len());
+        assert!(lines == expected, "lines differ");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let mut reader = Reader::new(vec![PathBuf::from("/nonexistent/rides.jsonl")]);
+        let error = reader.next_line().unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/rides.jsonl"),
+            "{error}"
+        );
+    }
 }
