@@ -498,7 +498,6 @@ pub fn run<W: Write + Send + 'static>(
         writer.submit(
             Batch {
                 checkpoints: finals.clone(),
-                last: true,
                 ..Batch::default()
             },
             None,

@@ -102,8 +102,7 @@ where
                     let data = std::mem::take(&mut pending.data);
                     let capability = pending.capability.take().expect("rows came with one");
                     pending.since = None;
-                    let (mut batch, receipt) = prepare(data);
-                    batch.last = now_frontier.is_none();
+                    let (batch, receipt) = prepare(data);
                     let ticket = writer.submit(batch, Some(wake.clone()));
                     in_flight.push_back(InFlight {
                         ticket,
