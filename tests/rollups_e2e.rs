@@ -6,7 +6,10 @@
 //!   as the producer does, lateness judged per partition);
 //! - a kill -9 mid-run and a restart of the same group: the same rollup rows and the same
 //!   late counts (raw rows re-delivered by the restart count once), again equal to the
-//!   recomputation from that run's raw rows.
+//!   recomputation from that run's raw rows. Before the restart one partition's checkpoint
+//!   is rolled back to the oldest one the test saw: a partition whose last checkpoint is
+//!   older than the job's finalized minute (another worker's landed later) re-reads
+//!   minutes already final, and must judge them as the killed run did.
 
 mod common;
 
@@ -141,27 +144,60 @@ fn rollups_equal_the_raw_rows_through_a_kill_and_restart() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let resumed_sql = format!(
-        "SELECT sum(next_offset) FROM checkpoints FINAL WHERE consumer_group = 'crash' AND topic = '{}'",
+    // The oldest checkpoint seen (of the partition with the smallest finalized minute), as
+    // `partition,next_offset,clock,written_to,finalized_through`, and the newest minute
+    // any checkpoint has finalized: one query per poll, as the job runs for seconds.
+    let checkpoints = format!(
+        "FROM checkpoints FINAL WHERE consumer_group = 'crash' AND topic = '{}'",
         crash.config.topics.ride_events
     );
+    let progress_sql = format!(
+        "SELECT (SELECT sum(next_offset) {checkpoints}), \
+         (SELECT count() FROM city_minutes WHERE is_final = 1), \
+         (SELECT max(finalized_through) {checkpoints}), \
+         (SELECT concat(toString(kafka_partition), ',', toString(next_offset), ',', \
+                 ifNull(toString(max_event_ms), 'NULL'), ',', toString(written_to), ',', \
+                 toString(finalized_through)) {checkpoints} ORDER BY finalized_through, kafka_partition LIMIT 1)"
+    );
+    let mut oldest: Option<Vec<String>> = None;
     loop {
         assert!(
             job.try_wait().unwrap().is_none(),
             "the job finished before it was checkpointed mid-stream"
         );
         assert!(Instant::now() < deadline, "the job did not get far enough");
-        let state = crash.query(&format!(
-            "SELECT ({resumed_sql}), (SELECT count() FROM city_minutes WHERE is_final = 1)"
-        ));
-        let (at, finals): (u64, u64) = (state[0][0].parse().unwrap(), state[0][1].parse().unwrap());
-        if at > 0 && at < lines.len() as u64 && finals > 0 && finals < rollup.len() as u64 {
+        let state = crash.query(&progress_sql);
+        let number = |i: usize| state[0][i].parse::<u64>().unwrap();
+        let (at, finals, finalized) = (number(0), number(1), number(2));
+        // (`\N`: no checkpoint yet.)
+        if oldest.is_none() && state[0][3] != "\\N" {
+            oldest = Some(state[0][3].split(',').map(str::to_string).collect());
+        }
+        let behind = oldest
+            .as_ref()
+            .is_some_and(|o| o[4].parse::<u64>().unwrap() + 1 < finalized);
+        if at > 0 && at < lines.len() as u64 && finals > 0 && finals < rollup.len() as u64 && behind
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     send_signal(job.id(), "KILL");
     job.wait().unwrap();
+    // That partition's newest checkpoint becomes the oldest one seen.
+    let o = oldest.expect("seen");
+    crash.query(&format!(
+        "INSERT INTO checkpoints (consumer_group, topic, kafka_partition, next_offset, max_event_ms, written_to, finalized_through, written_at_us) \
+         VALUES ('crash', '{}', {}, {}, {}, {}, {}, {})",
+        crash.config.topics.ride_events,
+        o[0],
+        o[1],
+        o[2],
+        o[3],
+        o[4],
+        chrono::Utc::now().timestamp_micros()
+    ));
+    println!("rollups e2e: partition {} rolled back to its checkpoint at offset {} (finalized through minute {})", o[0], o[1], o[4]);
     let finals_at_kill = crash.scalar("SELECT count() FROM city_minutes FINAL WHERE is_final = 1");
     let raw_at_kill = crash.scalar("SELECT count() FROM ride_events");
     let restarted =

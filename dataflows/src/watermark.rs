@@ -63,15 +63,20 @@ impl WatermarkTracker {
     /// per-partition rule (more than the allowed lateness behind that partition's largest
     /// event time read before it). The first event of a partition is never late.
     pub fn observe(&mut self, partition: u32, event_ms: i64, now: Instant) -> bool {
+        let late = self.is_late(partition, event_ms);
         self.add_partition(partition, now);
         let clock = self.partitions.get_mut(&partition).expect("added");
-        let late = clock
-            .max_ms
-            .is_some_and(|max| event_ms < max - self.lateness_ms);
         clock.max_ms = Some(clock.max_ms.map_or(event_ms, |max| max.max(event_ms)));
         clock.last_activity = now;
         clock.at_end = false;
         late
+    }
+
+    /// Whether an event of `event_ms` read next from `partition` would be late by the
+    /// per-partition rule ([`WatermarkTracker::observe`] without recording it).
+    pub fn is_late(&self, partition: u32, event_ms: i64) -> bool {
+        self.max_ms(partition)
+            .is_some_and(|max| event_ms < max - self.lateness_ms)
     }
 
     /// Resumes `partition` with the clock it had at a checkpoint: `max_ms` is its largest

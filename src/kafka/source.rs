@@ -37,7 +37,12 @@
 //! letters are durable (they are not written twice), and `F`. Once the checkpoint is
 //! durable the same offsets are committed to the consumer group. A restarted job reads
 //! the checkpoints, rebuilds its open windows from the resume offsets, and does not emit
-//! the windows that were already final: ClickHouse ends as without the restart.
+//! the windows that were already final: ClickHouse ends as without the restart. A
+//! partition's checkpoint can be older than the job's finalized minute (another worker's
+//! landed later, or its raw rows were not yet durable), so it re-reads records of minutes
+//! the job has finalized: each is judged by its partition's restored clock, and one on
+//! time then was counted then ([`Ingested::Settled`]: to no view, its raw row rewritten
+//! unchanged), while a late one is late again.
 //! (Checkpoints live in ClickHouse beside the results, not only in Kafka's commit
 //! metadata, which some Kafka-compatible brokers, Tansu among them, do not keep.)
 //!
@@ -238,6 +243,13 @@ pub enum Ingested<R = RideEvent> {
     /// A valid record re-read after a restart that is already written: it only rebuilds
     /// windows and supply state.
     Replayed(Sourced<R>),
+    /// A valid record re-read after a restart that its partition's clock says is on time
+    /// but whose minute is before the restart's first open minute: every window, minute
+    /// and supply row it belongs to was final and durable before the restart, and counted
+    /// it, so it goes to no view; its raw row (on time, as before) is written again only
+    /// because the checkpoint cannot say it is durable (`ride_events` keeps one row per
+    /// partition and offset).
+    Settled(Sourced<R>),
     /// A message that is not a valid event, for the dead-letter topic.
     Dead(DeadLetter),
 }
@@ -246,7 +258,9 @@ impl<R> Ingested<R> {
     /// Its partition and offset.
     pub fn position(&self) -> (u32, u64) {
         match self {
-            Ingested::Event(e) | Ingested::Replayed(e) => (e.partition, e.offset),
+            Ingested::Event(e) | Ingested::Replayed(e) | Ingested::Settled(e) => {
+                (e.partition, e.offset)
+            }
             Ingested::Dead(d) => (d.partition, d.offset),
         }
     }
@@ -255,7 +269,7 @@ impl<R> Ingested<R> {
     pub fn into_event(self) -> Option<Sourced<R>> {
         match self {
             Ingested::Event(e) | Ingested::Replayed(e) => Some(e),
-            Ingested::Dead(_) => None,
+            Ingested::Settled(_) | Ingested::Dead(_) => None,
         }
     }
 }
@@ -458,8 +472,11 @@ pub fn kafka_source<'scope, R: SourceRecord>(
         let now = Instant::now();
         let resume = shared.resume.clone();
         let floor = resume.finalized_through();
-        // Minutes before the first open window are final already: events there are late.
-        capability.downgrade(&resume.first_open_minute(rebuild_minutes));
+        // Minutes before the first open window are final already: events there are late,
+        // unless their partition's clock says they were on time before the restart (see
+        // `Ingested::Settled`).
+        let settled_before = resume.first_open_minute(rebuild_minutes);
+        capability.downgrade(&settled_before);
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, config.idle_timeout);
         for slot in &owned {
             let partition = slot.partition as u32;
@@ -536,7 +553,14 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 match parsed {
                     Ok(event) => {
                         let before = stamper.tracker.max_ms(partition as u32);
-                        let (time, sourced) = stamper.judge(partition as u32, offset as u64, event, now);
+                        // A partition whose last checkpoint is older than the job's (another
+                        // worker's landed later) re-reads minutes the job has finalized:
+                        // its clock judges them as before the restart, and those on time
+                        // were counted then (see `Ingested::Settled`).
+                        let settled = minute_of(event.event_ms()) < settled_before
+                            && !stamper.tracker.is_late(partition as u32, event.event_ms());
+                        let (time, mut sourced) = stamper.judge(partition as u32, offset as u64, event, now);
+                        sourced.late &= !settled;
                         if !sourced.late {
                             let minute = minute_of(sourced.event.event_ms());
                             slot.rebuild.entry(minute).or_insert((offset, before));
@@ -551,13 +575,18 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                             if sourced.late {
                                 counters.late.fetch_add(1, Ordering::Relaxed);
                             }
-                            let item = if rewrite {
-                                Ingested::Event(sourced)
+                            let item = if settled {
+                                counters.replayed.fetch_add(1, Ordering::Relaxed);
+                                handed.then_some(Ingested::Settled(sourced))
+                            } else if rewrite {
+                                Some(Ingested::Event(sourced))
                             } else {
                                 counters.replayed.fetch_add(1, Ordering::Relaxed);
-                                Ingested::Replayed(sourced)
+                                Some(Ingested::Replayed(sourced))
                             };
-                            pending.push(time, item, &stamper, output);
+                            if let Some(item) = item {
+                                pending.push(time, item, &stamper, output);
+                            }
                         } else {
                             // Another job's city: it moved the clock, nothing to write.
                             counters.other_cities.fetch_add(1, Ordering::Relaxed);

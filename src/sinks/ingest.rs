@@ -54,7 +54,8 @@ pub fn split_ingested<'scope, R: SourceRecord>(
     }
     split(ingested, "SplitIngested", |item| match item {
         Ingested::Event(sourced) | Ingested::Replayed(sourced) => Side::Left(sourced),
-        dead => Side::Right(dead),
+        // Dead letters; settled records are handed only when written raw (not here).
+        sink => Side::Right(sink),
     })
 }
 
@@ -78,14 +79,16 @@ pub fn ingest_sink<'scope, R: SourceRecord>(
                 match item {
                     // Written before a restart, or never written (locations).
                     Ingested::Replayed(_) => continue,
-                    Ingested::Event(_) if !store => continue,
+                    Ingested::Event(_) | Ingested::Settled(_) if !store => continue,
                     _ => {}
                 }
                 let (partition, offset) = item.position();
                 let next = reached.entry(partition).or_insert(0);
                 *next = (*next).max(offset as i64 + 1);
                 match item {
-                    Ingested::Event(sourced) => R::store(sourced, &mut batch),
+                    Ingested::Event(sourced) | Ingested::Settled(sourced) => {
+                        R::store(sourced, &mut batch)
+                    }
                     Ingested::Dead(dead) => batch.dead.push(dead),
                     Ingested::Replayed(_) => {}
                 }
