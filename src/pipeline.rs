@@ -498,6 +498,7 @@ pub fn run<W: Write + Send + 'static>(
         writer.submit(
             Batch {
                 checkpoints: finals.clone(),
+                last: true,
                 ..Batch::default()
             },
             None,

@@ -102,7 +102,8 @@ where
                     let data = std::mem::take(&mut pending.data);
                     let capability = pending.capability.take().expect("rows came with one");
                     pending.since = None;
-                    let (batch, receipt) = prepare(data);
+                    let (mut batch, receipt) = prepare(data);
+                    batch.last = now_frontier.is_none();
                     let ticket = writer.submit(batch, Some(wake.clone()));
                     in_flight.push_back(InFlight {
                         ticket,
