@@ -26,6 +26,7 @@
 //! its row goes out with the windows' updates, and its final row once the frontier passes
 //! the minute's end — under the same rules, so a restart re-emits identical final rows.
 
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -176,6 +177,11 @@ impl PartialEq for RiderName {
 
 impl Eq for RiderName {}
 
+/// The retained minutes a rider appears in, inline up to three (a heap vector per rider
+/// was an allocation for most events, since most are their rider's first in the minute,
+/// and a second cache miss for the rest).
+type RiderMinutes = SmallVec<[u64; 3]>;
+
 /// One city's part of the state: its minute buckets, the distinct riders of each open
 /// window (kept as events arrive, so a row costs no merge of sets), and its windows changed
 /// since their last update.
@@ -183,8 +189,9 @@ impl Eq for RiderName {}
 struct CityState {
     minutes: BTreeMap<u64, Bucket>,
     /// Every rider of `minutes` with the minutes of `minutes` it appears in (a few: a rider
-    /// has few events per window); foldhash's fast hasher (see dataflows/Cargo.toml).
-    riders: HashMap<RiderName, Vec<u64>, foldhash::fast::RandomState>,
+    /// has few events per window, so they are kept in the map's slot, see [`RiderMinutes`]);
+    /// foldhash's fast hasher (see dataflows/Cargo.toml).
+    riders: HashMap<RiderName, RiderMinutes, foldhash::fast::RandomState>,
     /// Per window start: how many distinct riders its buckets hold. An event's rider is new
     /// to a window exactly when no bucket of the window held it before, so this is the size
     /// of the union of the window's bucket sets, whatever order the events came in. (Only
@@ -445,7 +452,7 @@ pub fn build<'scope>(
                                 .window_riders
                                 .retain(|start, _| start + length > done);
                             city_state.riders.retain(|_, minutes| {
-                                minutes.retain(|minute| minute + length > done);
+                                minutes.retain(|minute| *minute + length > done);
                                 !minutes.is_empty()
                             });
                         }
