@@ -219,4 +219,5 @@ fn rollups_equal_the_raw_rows_through_a_kill_and_restart() {
         "the same rollup rows as the clean run"
     );
     assert_eq!(crash_late, late, "the same late counts as the clean run");
+    std::fs::remove_dir_all(&dir).ok();
 }
