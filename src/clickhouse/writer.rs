@@ -416,10 +416,11 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
 
 /// The batches written as one: `first`, every batch already queued behind it, and those
 /// that arrive until [`MIN_WRITE_INTERVAL`] has passed since the previous write began (or
-/// [`MAX_MERGED_ROWS`] are gathered, or a sink's last batch comes). A live job's sinks submit about once per emit
-/// interval, so it seldom waits; a file run's sinks submit at every minute of event time,
-/// forty times a second, and each insert cost ClickHouse ~8 ms of CPU (a new part, then
-/// merges) and Tansu a produce: a third of a core on this machine, taken from the workers.
+/// [`MAX_MERGED_ROWS`] are gathered, or a sink's last batch comes). A live job's sinks
+/// submit about once per emit interval, so it seldom waits; a file run's sinks submit at
+/// every minute of event time, forty times a second, and each insert cost ClickHouse ~8 ms
+/// of CPU (a new part, then merges) and Tansu a produce: a third of a core on this
+/// machine, taken from the workers.
 fn gather(
     first: Job,
     receiver: &Receiver<Job>,
