@@ -23,8 +23,8 @@
 //! - [`cluster`]: the layout (`workers.toml`) and timely's cluster configuration from it.
 //! - [`jobs`]: `ridepulse job submit|list|logs|stop`, jobs per city set with a supervisor
 //!   that restarts them from their checkpoints.
-//! - [`file_source`]: `run --from-file`, the same job over JSON-lines files.
-//! - [`pending`]: both sources' records of an activation, sent as one container per time.
+//! - [`source`]: what both sources share (records, stamping, checkpointing, counters), and
+//!   the file source, `run --from-file`: the same job over JSON-lines files.
 //! - [`bench`]: `ridepulse bench`, the benchmark harness (JSON results, PNG plots).
 //! - [`dashboard`]: `ridepulse dashboard`, the live page served by the binary.
 //! - [`metrics`]: every job process's Prometheus `/metrics` (lag, watermark delay, late
@@ -38,12 +38,11 @@ pub mod clickhouse;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
-pub mod file_source;
 pub mod jobs;
 pub mod kafka;
 pub mod metrics;
-pub mod pending;
 pub mod pipeline;
 pub mod simulator;
 pub mod sinks;
+pub mod source;
 pub mod telemetry;

@@ -56,14 +56,15 @@ use crate::clickhouse::writer::{Batch, Writer};
 use crate::clickhouse::{self, schema};
 use crate::cluster::Layout;
 use crate::config::Config;
-use crate::file_source::{file_source, FileSourceConfig};
 use crate::kafka::settings;
-use crate::kafka::source::{kafka_source, Resume, SourceConfig, SourceCounters, SourceShared};
+use crate::kafka::source::{kafka_source, SourceConfig};
 use crate::kafka::topics;
-use crate::sinks::ingest::{ingest_sink, split_ingested, IngestProgress};
+use crate::sinks::ingest::{ingest_sink, split_ingested};
 use crate::sinks::metrics::metrics_sink;
 use crate::sinks::minutes::minutes_sink;
 use crate::sinks::supply::supply_sink;
+use crate::source::file::{file_source, FileSourceConfig};
+use crate::source::{IngestProgress, Resume, SourceCounters, SourceShared};
 
 /// How to run the job.
 #[derive(Clone, Debug)]

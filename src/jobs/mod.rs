@@ -548,11 +548,8 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(cities, expected);
-        assert!(crate::kafka::source::owns(
-            &Some(cities.clone()),
-            "São Paulo"
-        ));
-        assert!(!crate::kafka::source::owns(&Some(cities), "são paulo"));
+        assert!(crate::source::owns(&Some(cities.clone()), "São Paulo"));
+        assert!(!crate::source::owns(&Some(cities), "são paulo"));
         assert!(parse_cities(&[" ".into()]).is_err());
         assert_eq!(parse_cities(&[]).unwrap(), None);
     }

@@ -59,21 +59,17 @@
 //! `driver-locations` the run summary reports both as `compacted_locations`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use std::borrow::Cow;
-
-use dataflows::event::{check_not_ahead, DriverLocation, EventError, RideEvent};
-use dataflows::partitioned_source::{minute_of, EventStamper, EventTime, Sourced};
-use dataflows::watermark::{LocalMarks, MarksBoard, MarksPost, WatermarkTracker};
+use dataflows::event::check_not_ahead;
+use dataflows::partitioned_source::{minute_of, EventStamper};
+use dataflows::watermark::{LocalMarks, MarksPost, WatermarkTracker};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
@@ -86,10 +82,11 @@ use timely::dataflow::{Scope, StreamVec};
 use tracing::{info, warn};
 
 use super::{settings, KafkaError};
-use crate::clickhouse::rows::CheckpointRecord;
-use crate::clickhouse::writer::{Batch, DeadLetter, Ticket, Writer};
-use crate::pending::Pending;
-use crate::sinks::ingest::IngestProgress;
+use crate::source::checkpoint::{resume_point, Checkpointer, PartitionLog, PartitionView};
+use crate::source::pending::Pending;
+use crate::source::{
+    IngestProgress, Ingested, SourceCounters, SourceRecord, SourceShared, Stamping,
+};
 
 /// Messages handled per activation, so other operators get to run.
 const MAX_MESSAGES_PER_ACTIVATION: usize = 4096;
@@ -99,54 +96,6 @@ const QUIET_POLL: Duration = Duration::from_millis(10);
 const MAX_INFLIGHT_ROWS: usize = 60_000;
 /// How often a source records its partitions' lag and clocks for `/metrics`.
 const GAUGES_INTERVAL: Duration = Duration::from_millis(250);
-
-/// A kind of input record: ride events or driver locations.
-pub trait SourceRecord:
-    EventTime + Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static
-{
-    /// Whether valid records are written raw to ClickHouse (`ride_events`); locations are
-    /// not (no table keeps them), so only their dead letters reach the ingest sink.
-    const STORED: bool;
-    /// Parses and validates a message value (SPEC §2).
-    fn parse(bytes: &[u8]) -> Result<Self, EventError>;
-    /// Its city (what a job's city set filters on).
-    fn city(&self) -> &str;
-    /// The Kafka key of a raw line (`ride_id`, `driver_id`), if it has one: which partition
-    /// the producer gives it.
-    fn key_of(line: &[u8]) -> Option<Cow<'_, str>>;
-    /// Adds a valid record to a writer batch (a no-op unless [`SourceRecord::STORED`]).
-    fn store(sourced: Sourced<Self>, batch: &mut Batch);
-}
-
-impl SourceRecord for RideEvent {
-    const STORED: bool = true;
-    fn parse(bytes: &[u8]) -> Result<Self, EventError> {
-        RideEvent::parse(bytes)
-    }
-    fn city(&self) -> &str {
-        &self.city
-    }
-    fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
-        crate::kafka::partitioner::ride_id_key(line)
-    }
-    fn store(sourced: Sourced<Self>, batch: &mut Batch) {
-        batch.events.push(sourced);
-    }
-}
-
-impl SourceRecord for DriverLocation {
-    const STORED: bool = false;
-    fn parse(bytes: &[u8]) -> Result<Self, EventError> {
-        DriverLocation::parse(bytes)
-    }
-    fn city(&self) -> &str {
-        &self.city
-    }
-    fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
-        crate::kafka::partitioner::driver_id_key(line)
-    }
-    fn store(_sourced: Sourced<Self>, _batch: &mut Batch) {}
-}
 
 /// Where and how the source reads.
 #[derive(Clone, Debug)]
@@ -194,154 +143,6 @@ pub struct SourceConfig {
     pub raw: bool,
 }
 
-/// Whether a job limited to `cities` (`None`: all) keeps an event of `city`. Shared by
-/// every source, so a city-set job filters the same way whatever it reads.
-pub fn owns(cities: &Option<std::collections::BTreeSet<String>>, city: &str) -> bool {
-    cities.as_ref().is_none_or(|c| c.contains(city))
-}
-
-/// Where a job resumes reading one topic: the newest checkpoint of each partition (none
-/// for a fresh start).
-#[derive(Clone, Debug, Default)]
-pub struct Resume {
-    /// Checkpoints by partition.
-    pub partitions: BTreeMap<u32, CheckpointRecord>,
-    /// The `finalized_through` of the job's other input topic's checkpoints: every
-    /// checkpoint records the job's durable frontier, so the largest over both topics is
-    /// durable (0: none).
-    pub other_finalized: u64,
-}
-
-impl Resume {
-    /// Windows ending at or before this minute (and supply rows of minutes before it) were
-    /// final and durable before the restart.
-    pub fn finalized_through(&self) -> u64 {
-        self.own_finalized().max(self.other_finalized)
-    }
-
-    /// The largest `finalized_through` of this topic's own checkpoints.
-    pub fn own_finalized(&self) -> u64 {
-        self.partitions
-            .values()
-            .map(|c| c.finalized_through)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// The first minute an open window can need: events before it are late on resumption.
-    pub fn first_open_minute(&self, length: u64) -> u64 {
-        (self.finalized_through() + 1).saturating_sub(length)
-    }
-}
-
-/// What the source emits: every message of its partitions, in offset order per partition.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Ingested<R = RideEvent> {
-    /// A valid record, to be counted in windows (and, for ride events, written to
-    /// `ride_events`).
-    Event(Sourced<R>),
-    /// A valid record re-read after a restart that is already written: it only rebuilds
-    /// windows and supply state.
-    Replayed(Sourced<R>),
-    /// A valid record re-read after a restart that its partition's clock says is on time
-    /// but whose minute is before the restart's first open minute: every window, minute
-    /// and supply row it belongs to was final and durable before the restart, and counted
-    /// it, so it goes to no view; its raw row (on time, as before) is written again only
-    /// because the checkpoint cannot say it is durable (`ride_events` keeps one row per
-    /// partition and offset).
-    Settled(Sourced<R>),
-    /// A message that is not a valid event, for the dead-letter topic.
-    Dead(DeadLetter),
-}
-
-impl<R> Ingested<R> {
-    /// Its partition and offset.
-    pub fn position(&self) -> (u32, u64) {
-        match self {
-            Ingested::Event(e) | Ingested::Replayed(e) | Ingested::Settled(e) => {
-                (e.partition, e.offset)
-            }
-            Ingested::Dead(d) => (d.partition, d.offset),
-        }
-    }
-
-    /// The record, for the windows and the supply state.
-    pub fn into_event(self) -> Option<Sourced<R>> {
-        match self {
-            Ingested::Event(e) | Ingested::Replayed(e) => Some(e),
-            Ingested::Settled(_) | Ingested::Dead(_) => None,
-        }
-    }
-}
-
-/// Counters the source keeps for the job's report.
-#[derive(Debug, Default)]
-pub struct SourceCounters {
-    /// Valid events read.
-    pub events: AtomicU64,
-    /// Late events among them.
-    pub late: AtomicU64,
-    /// Messages that were not valid events (sent to the dead-letter topic).
-    pub invalid: AtomicU64,
-    /// The same, by [`EventError::reason`] (in the order of [`EventError::REASONS`]).
-    pub invalid_by_reason: [AtomicU64; EventError::REASONS.len()],
-    /// Messages a restarted job could not read because retention deleted them after its
-    /// checkpoint (the windows they belonged to are final from fewer events).
-    pub retention_gap: AtomicU64,
-    /// Messages re-read after a restart that were already written.
-    pub replayed: AtomicU64,
-    /// Offsets missing inside a partition's read range: messages log compaction removed
-    /// before this job read them (`driver-locations` is compacted, see the module doc).
-    pub compacted: AtomicU64,
-    /// Valid events of cities this job does not own (read, not counted).
-    pub other_cities: AtomicU64,
-    /// Per-partition lag, event time and idleness, the watermark, commits and backpressure,
-    /// updated once per activation for `/metrics` (see `crate::metrics`).
-    pub gauges: crate::metrics::SourceGauges,
-}
-
-impl SourceCounters {
-    /// Counts an invalid message under its reason; returns how many came before it (for
-    /// logging the first few and then every power of two).
-    pub fn count_invalid(&self, error: &EventError) -> u64 {
-        if let Some(index) = EventError::REASONS
-            .iter()
-            .position(|r| *r == error.reason())
-        {
-            self.invalid_by_reason[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.invalid.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The non-zero invalid counts by reason, as `reason:count,...` (empty when none).
-    pub fn invalid_by_reason_text(&self) -> String {
-        EventError::REASONS
-            .iter()
-            .zip(&self.invalid_by_reason)
-            .map(|(reason, count)| (reason, count.load(Ordering::Relaxed)))
-            .filter(|(_, count)| *count > 0)
-            .map(|(reason, count)| format!("{reason}:{count}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-/// What the sources of a process share with each other and the job.
-#[derive(Clone)]
-pub struct SourceShared {
-    /// Counters for the report.
-    pub counters: Arc<SourceCounters>,
-    /// The workers' watermark marks.
-    pub board: Arc<MarksBoard>,
-    /// The process's writer (checkpoints, backpressure).
-    pub writer: Arc<Writer>,
-    /// Where to resume.
-    pub resume: Arc<Resume>,
-    /// Final checkpoints of partitions read to their end (`until_end`), written by the job
-    /// once everything before them is durable.
-    pub finals: Arc<Mutex<Vec<CheckpointRecord>>>,
-}
-
 /// One owned partition's reading state.
 #[derive(Debug)]
 struct OwnedPartition {
@@ -351,18 +152,13 @@ struct OwnedPartition {
     /// The next offset to read.
     next: i64,
     finished: bool,
-    /// Messages below this offset were written before a restart.
-    written_to: i64,
-    /// One past the last offset handed to the ingest sink.
-    sent: i64,
-    /// Per event minute (of on-time events), the first offset and the partition's clock
-    /// just before it: where to resume so that every open window can be rebuilt.
-    rebuild: BTreeMap<u64, (i64, Option<i64>)>,
     /// Paused by watermark alignment (too far ahead of the job's watermark).
     paused: bool,
     /// The event time of the first on-time event this run read from it (alignment's
     /// reference while the job's watermark is still unknown).
     first_ms: Option<i64>,
+    /// What its checkpoints are made from.
+    log: PartitionLog,
 }
 
 impl OwnedPartition {
@@ -370,43 +166,29 @@ impl OwnedPartition {
     fn read_to(&self) -> i64 {
         self.end.map_or(self.next, |end| self.next.min(end))
     }
-
-    /// The checkpoint for windows from minute `first_open` on, when everything before its
-    /// resume offset is durable: (resume offset, clock there, written-to).
-    fn checkpoint(
-        &mut self,
-        first_open: u64,
-        clock: Option<i64>,
-        durable: Option<i64>,
-    ) -> Option<(i64, Option<i64>, i64)> {
-        self.rebuild = self.rebuild.split_off(&first_open);
-        let (offset, max) = self
-            .rebuild
-            .values()
-            .min_by_key(|(offset, _)| *offset)
-            .copied()
-            .unwrap_or((self.read_to(), clock));
-        let durable = durable.unwrap_or(self.written_to).max(self.written_to);
-        let written = if durable >= self.sent {
-            self.read_to()
-        } else {
-            durable
-        };
-        (offset <= written).then_some((offset, max, written))
-    }
 }
 
-/// The source for this worker. Fails only if the consumer cannot be created or assigned.
-/// `durable` is the probe on the sinks; `progress` is the ingest sink's per-partition
-/// durable offsets (same worker).
-pub fn kafka_source<'scope, R: SourceRecord>(
-    scope: Scope<'scope, u64>,
+/// The partitions as the checkpointer sees them, with their clocks now.
+fn views<'a>(
+    owned: &'a mut [OwnedPartition],
+    stamper: &'a EventStamper,
+) -> impl Iterator<Item = PartitionView<'a>> {
+    owned.iter_mut().map(|slot| PartitionView {
+        partition: slot.partition,
+        read_to: slot.read_to(),
+        clock: stamper.tracker.max_ms(slot.partition as u32),
+        log: &mut slot.log,
+    })
+}
+
+/// This worker's consumer, assigned its partitions at their resume offsets; `None` in the
+/// second place when a partition has nothing to read (`until_end` at its end).
+fn assign(
     config: &SourceConfig,
-    shared: SourceShared,
-    durable: ProbeHandle<u64>,
-    progress: Rc<RefCell<IngestProgress>>,
-) -> Result<StreamVec<'scope, u64, Ingested<R>>, KafkaError> {
-    let (worker, peers) = (scope.index(), scope.peers());
+    worker: usize,
+    peers: usize,
+    shared: &SourceShared,
+) -> Result<(BaseConsumer<settings::ConsumerLog>, Vec<OwnedPartition>), KafkaError> {
     let mine: Vec<i32> = (0..config.partitions)
         .filter(|p| *p as usize % peers == worker)
         .collect();
@@ -440,18 +222,261 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             // An until_end partition with nothing left (its end at its start, which is not
             // always 0 once retention has deleted messages) has nothing to wait for.
             finished: config.until_end && high <= start,
-            written_to,
-            sent: start,
-            rebuild: BTreeMap::new(),
             paused: false,
             first_ms: None,
+            log: PartitionLog::new(start, written_to),
         });
     }
     consumer.assign(&assignment)?;
     info!(worker, partitions = ?mine, topic = %config.topic, resumed = !shared.resume.partitions.is_empty(), "source assigned");
+    Ok((consumer, owned))
+}
+
+/// The next message fetched, if any (partition ends are read from positions, not from
+/// librdkafka's end-of-partition events; client errors are logged, and librdkafka retries).
+fn next_message<'c>(
+    consumer: &'c BaseConsumer<settings::ConsumerLog>,
+    worker: usize,
+) -> Option<BorrowedMessage<'c>> {
+    loop {
+        return match consumer.poll(Duration::ZERO)? {
+            Ok(message) => Some(message),
+            Err(RdKafkaError::PartitionEOF(_)) => continue,
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                continue
+            }
+            Err(error) => {
+                // Transient client errors (broker restarts) are retried by librdkafka.
+                warn!(worker, %error, "kafka consumer error");
+                None
+            }
+        };
+    }
+}
+
+/// How the source turns one message of a partition into what it emits.
+struct Reading {
+    stamping: Stamping,
+    /// SPEC §2's `max_future`, in ms.
+    max_future_ms: i64,
+    /// Whether valid records are handed to the ingest sink (`STORED` and `sinks.raw_events`).
+    store: bool,
+}
+
+impl Reading {
+    /// What a message becomes (with the time to emit it at), if anything; notes holes, its
+    /// rebuild point and what was handed to the ingest sink in the partition's state.
+    fn message<R: SourceRecord>(
+        &self,
+        slot: &mut OwnedPartition,
+        message: &BorrowedMessage<'_>,
+        stamper: &mut EventStamper,
+        now: Instant,
+    ) -> Option<(u64, Ingested<R>)> {
+        let counters = &self.stamping.counters;
+        let (partition, offset) = (slot.partition, message.offset());
+        if offset > slot.next {
+            // A hole in a partition read in order: compaction removed these messages
+            // (driver-locations is compacted) before this job read them. Never silent.
+            let gap = (offset - slot.next) as u64;
+            let before = counters.compacted.fetch_add(gap, Ordering::Relaxed);
+            if before == 0 || (before + gap).is_power_of_two() {
+                warn!(worker = self.stamping.worker, partition, expected = slot.next, offset, missing = gap, compacted_so_far = before + gap, topic = %self.stamping.topic, "offsets missing from the partition (compacted away before this job read them): supply state is rebuilt without them");
+            }
+        }
+        slot.next = slot.next.max(offset + 1);
+        if slot.finished || slot.end.is_some_and(|end| offset >= end) {
+            return None;
+        }
+        // Written before a restart: only rebuilds state.
+        let rewrite = slot.log.rewrites(offset);
+        let payload = message.payload().unwrap_or_default();
+        let parsed = R::parse(payload).and_then(|record| {
+            let at = dataflows::event::Timestamp(record.event_ms());
+            check_not_ahead(at, message.timestamp().to_millis(), self.max_future_ms)?;
+            Ok(record)
+        });
+        let emitted = match parsed {
+            Ok(record) => {
+                let judged =
+                    self.stamping
+                        .judge(stamper, partition as u32, offset as u64, record, now);
+                if !judged.sourced.late {
+                    let ms = judged.sourced.event.event_ms();
+                    slot.log.on_time(minute_of(ms), offset, judged.clock_before);
+                    slot.first_ms.get_or_insert(ms);
+                }
+                // Records that are not written raw (locations; ride events with
+                // `sinks.raw_events = false`) are never handed: only their dead letters
+                // move the partition's written-to offset.
+                let handed = rewrite && self.store && judged.owned;
+                let sourced = judged.sourced;
+                let item = if !judged.owned {
+                    // Another job's city: it moved the clock, nothing to write.
+                    None
+                } else if judged.settled {
+                    counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    handed.then_some(Ingested::Settled(sourced))
+                } else if rewrite {
+                    Some(Ingested::Event(sourced))
+                } else {
+                    counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    Some(Ingested::Replayed(sourced))
+                };
+                if handed {
+                    slot.log.handed(offset);
+                }
+                item.map(|item| (judged.time, item))
+            }
+            Err(error) => {
+                let dead = self.stamping.reject(
+                    &error,
+                    partition as u32,
+                    offset as u64,
+                    None,
+                    message.key(),
+                    payload,
+                );
+                match dead {
+                    Some(dead) if rewrite => {
+                        slot.log.handed(offset);
+                        let held = *stamper.capability().expect("held while reading").time();
+                        Some((held, Ingested::Dead(dead)))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if slot.end.is_some_and(|end| offset + 1 >= end) {
+            slot.finished = true;
+            stamper.tracker.finish(partition as u32);
+        }
+        emitted
+    }
+}
+
+/// Which partitions are at their end, once the fetched messages are drained: a finished
+/// `until_end` partition stops holding the watermark, and one at its high watermark may
+/// turn idle. (librdkafka's partition-EOF events reach the client context without their
+/// partition, so the position is compared with the high watermark of the last fetch
+/// response.)
+fn note_ends(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &str,
+    topic_c: &CString,
+    owned: &mut [OwnedPartition],
+    stamper: &mut EventStamper,
+    now: Instant,
+) {
+    // The consumer's position also moves past offsets that are never delivered
+    // (transaction markers), which the last message alone would not show.
+    if let Ok(positions) = consumer.position() {
+        for slot in owned.iter_mut() {
+            let position = positions
+                .find_partition(topic, slot.partition)
+                .map(|p| p.offset());
+            if let Some(Offset::Offset(position)) = position {
+                slot.next = slot.next.max(position);
+            }
+        }
+    }
+    for slot in owned.iter_mut().filter(|s| !s.finished) {
+        let partition = slot.partition as u32;
+        if slot.end.is_some_and(|end| slot.next >= end) {
+            slot.finished = true;
+            stamper.tracker.finish(partition);
+            continue;
+        }
+        if let Some(high) = cached_high_watermark(consumer, topic_c, slot.partition) {
+            stamper
+                .tracker
+                .set_at_end(partition, slot.next >= high, now);
+        }
+    }
+}
+
+/// Pauses the fetching of partitions read to their `until_end` end, so the others get the
+/// bandwidth.
+fn pause_finished(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &str,
+    owned: &mut [OwnedPartition],
+    paused_for_good: &mut Vec<i32>,
+) {
+    for slot in owned.iter().filter(|s| s.finished) {
+        if !paused_for_good.contains(&slot.partition) {
+            paused_for_good.push(slot.partition);
+            let mut done = TopicPartitionList::new();
+            done.add_partition(topic, slot.partition);
+            let _ = consumer.pause(&done);
+        }
+    }
+}
+
+/// Tells the consumer group the offsets of a durable checkpoint (the checkpoint in
+/// ClickHouse is what a restart reads; the group's offsets are for Kafka's own tools).
+fn commit(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &str,
+    offsets: &[(i32, i64)],
+    counters: &SourceCounters,
+    worker: usize,
+) {
+    let mut list = TopicPartitionList::new();
+    for &(partition, offset) in offsets {
+        let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    match consumer.commit(&list, CommitMode::Async) {
+        Ok(()) => {
+            counters
+                .gauges
+                .offsets_committed
+                .fetch_add(list.count() as u64, Ordering::Relaxed);
+        }
+        Err(error) => {
+            warn!(worker, %error, "offset commit failed (the checkpoint in ClickHouse stands)")
+        }
+    }
+}
+
+/// For /metrics: this worker's partitions' lag, clocks and idleness.
+fn record_gauges(
+    consumer: &BaseConsumer<settings::ConsumerLog>,
+    topic: &str,
+    topic_c: &CString,
+    owned: &[OwnedPartition],
+    stamper: &EventStamper,
+    counters: &SourceCounters,
+    now: Instant,
+) {
+    let partitions = owned.iter().map(|slot| {
+        let partition = slot.partition as u32;
+        let high = cached_high_watermark(consumer, topic_c, slot.partition);
+        let gauge = crate::metrics::PartitionGauge {
+            lag: high.map(|high| (high - slot.read_to()).max(0)),
+            max_event_ms: stamper.tracker.max_ms(partition),
+            idle: stamper.tracker.is_idle(partition, now),
+        };
+        (slot.partition, gauge)
+    });
+    counters
+        .gauges
+        .record(topic, partitions, stamper.tracker.published_ms());
+}
+
+/// The source for this worker. Fails only if the consumer cannot be created or assigned.
+/// `durable` is the probe on the sinks; `progress` is the ingest sink's per-partition
+/// durable offsets (same worker).
+pub fn kafka_source<'scope, R: SourceRecord>(
+    scope: Scope<'scope, u64>,
+    config: &SourceConfig,
+    shared: SourceShared,
+    durable: ProbeHandle<u64>,
+    progress: Rc<RefCell<IngestProgress>>,
+) -> Result<StreamVec<'scope, u64, Ingested<R>>, KafkaError> {
+    let (worker, peers) = (scope.index(), scope.peers());
+    let (consumer, mut owned) = assign(config, worker, peers, &shared)?;
     let config = config.clone();
-    let length = config.window_length_minutes;
-    let rebuild_minutes = config.rebuild_minutes;
     let slot_on_board = config.board_offset + worker;
     let board = shared.board.clone();
     let mut builder = OperatorBuilder::new("KafkaSource".to_owned(), scope);
@@ -475,7 +500,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
         // Minutes before the first open window are final already: events there are late,
         // unless their partition's clock says they were on time before the restart (see
         // `Ingested::Settled`).
-        let settled_before = resume.first_open_minute(rebuild_minutes);
+        let settled_before = resume.first_open_minute(config.rebuild_minutes);
         capability.downgrade(&settled_before);
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, config.idle_timeout);
         for slot in &owned {
@@ -488,13 +513,30 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 tracker.finish(partition);
             }
         }
-        let topic = CString::new(config.topic.clone()).expect("topic names have no NUL");
+        let topic_c = CString::new(config.topic.clone()).expect("topic names have no NUL");
         let mut stamper = EventStamper::new(tracker, capability);
-        let mut last_checkpoint = Instant::now();
-        let mut checkpoint_in_flight: Option<(Ticket, TopicPartitionList)> = None;
-        let mut finals_posted = false;
+        let reading = Reading {
+            stamping: Stamping {
+                worker,
+                topic: config.topic.clone(),
+                cities: config.cities.clone(),
+                dead_letters: config.dead_letters,
+                settled_before,
+                counters: shared.counters.clone(),
+            },
+            max_future_ms: config.max_future.as_millis() as i64,
+            store: R::STORED && config.raw,
+        };
+        let mut checkpointer = Checkpointer::new(
+            &config.group_id,
+            &config.topic,
+            config.checkpoint_interval,
+            config.rebuild_minutes,
+            config.window_length_minutes,
+            floor,
+        );
+        let mut paused_for_good = Vec::new();
         let counters = shared.counters.clone();
-        let max_future_ms = config.max_future.as_millis() as i64;
         let max_drift_ms = config.max_drift.as_millis() as i64;
         let (mut gauges_at, mut last_activation) = (Instant::now(), Instant::now());
         let mut pending = Pending::new();
@@ -505,231 +547,77 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             let mut data = data_output.activate();
             let output = &mut data;
             let now = Instant::now();
+
+            // Reading and stamping: a bounded number of messages, unless the writer is behind.
             let mut handled = 0;
             let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS;
             if backpressure {
-                counters.gauges.add_backpressure(now.saturating_duration_since(last_activation));
+                counters
+                    .gauges
+                    .add_backpressure(now.saturating_duration_since(last_activation));
             }
             last_activation = now;
             while !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
-                let message = match consumer.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Ok(message)) => message,
-                    // End of a partition is read from positions below, not from these events.
-                    Some(Err(RdKafkaError::PartitionEOF(_))) => continue,
-                    Some(Err(error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => continue,
-                    Some(Err(error)) => {
-                        // Transient client errors (broker restarts) are retried by librdkafka.
-                        warn!(worker, %error, "kafka consumer error");
-                        break;
-                    }
+                let Some(message) = next_message(&consumer, worker) else {
+                    break;
                 };
                 handled += 1;
                 let partition = message.partition();
-                let offset = message.offset();
-                let Some(slot) = owned.iter_mut().find(|s| s.partition == partition) else { continue };
-                if offset > slot.next {
-                    // A hole in a partition read in order: compaction removed these messages
-                    // (driver-locations is compacted) before this job read them. Never silent.
-                    let gap = (offset - slot.next) as u64;
-                    let before = counters.compacted.fetch_add(gap, Ordering::Relaxed);
-                    if before == 0 || (before + gap).is_power_of_two() {
-                        warn!(worker, partition, expected = slot.next, offset, missing = gap, compacted_so_far = before + gap, topic = %config.topic, "offsets missing from the partition (compacted away before this job read them): supply state is rebuilt without them");
-                    }
-                }
-                slot.next = slot.next.max(offset + 1);
-                if slot.finished || slot.end.is_some_and(|end| offset >= end) {
+                let Some(slot) = owned.iter_mut().find(|s| s.partition == partition) else {
                     continue;
-                }
-                let rewrite = offset >= slot.written_to;
-                // Whether the message goes to the ingest sink (which reports it durable).
-                let mut handed = rewrite;
-                let payload = message.payload().unwrap_or_default();
-                let parsed = R::parse(payload).and_then(|event| {
-                    let at = dataflows::event::Timestamp(event.event_ms());
-                    check_not_ahead(at, message.timestamp().to_millis(), max_future_ms)?;
-                    Ok(event)
-                });
-                match parsed {
-                    Ok(event) => {
-                        let before = stamper.tracker.max_ms(partition as u32);
-                        // A partition whose last checkpoint is older than the job's (another
-                        // worker's landed later) re-reads minutes the job has finalized:
-                        // its clock judges them as before the restart, and those on time
-                        // were counted then (see `Ingested::Settled`).
-                        let settled = minute_of(event.event_ms()) < settled_before
-                            && !stamper.tracker.is_late(partition as u32, event.event_ms());
-                        let (time, mut sourced) = stamper.judge(partition as u32, offset as u64, event, now);
-                        sourced.late &= !settled;
-                        if !sourced.late {
-                            let minute = minute_of(sourced.event.event_ms());
-                            slot.rebuild.entry(minute).or_insert((offset, before));
-                            slot.first_ms.get_or_insert(sourced.event.event_ms());
-                        }
-                        // Records that are not written raw (locations; ride events with
-                        // `sinks.raw_events = false`) are never handed: only their
-                        // dead letters move the partition's written-to offset.
-                        handed &= R::STORED && config.raw;
-                        if owns(&config.cities, sourced.event.city()) {
-                            counters.events.fetch_add(1, Ordering::Relaxed);
-                            if sourced.late {
-                                counters.late.fetch_add(1, Ordering::Relaxed);
-                            }
-                            let item = if settled {
-                                counters.replayed.fetch_add(1, Ordering::Relaxed);
-                                handed.then_some(Ingested::Settled(sourced))
-                            } else if rewrite {
-                                Some(Ingested::Event(sourced))
-                            } else {
-                                counters.replayed.fetch_add(1, Ordering::Relaxed);
-                                Some(Ingested::Replayed(sourced))
-                            };
-                            if let Some(item) = item {
-                                pending.push(time, item, &stamper, output);
-                            }
-                        } else {
-                            // Another job's city: it moved the clock, nothing to write.
-                            counters.other_cities.fetch_add(1, Ordering::Relaxed);
-                            handed = false;
-                        }
-                    }
-                    Err(error) => {
-                        let count = counters.count_invalid(&error);
-                        if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, %error, reason = error.reason(), invalid_so_far = count + 1, to_dead_letters = config.dead_letters, "invalid message");
-                        }
-                        handed &= config.dead_letters;
-                        if handed {
-                            let dead = DeadLetter::invalid(
-                                partition as u32,
-                                offset as u64,
-                                message.key().map(<[u8]>::to_vec),
-                                payload.to_vec(),
-                                &error,
-                            )
-                            .from_topic(&config.topic);
-                            let held = *stamper.capability().expect("held while reading").time();
-                            pending.push(held, Ingested::Dead(dead), &stamper, output);
-                        }
-                    }
-                }
-                if handed {
-                    slot.sent = offset + 1;
-                }
-                if slot.end.is_some_and(|end| offset + 1 >= end) {
-                    slot.finished = true;
-                    stamper.tracker.finish(partition as u32);
-                    let mut done = TopicPartitionList::new();
-                    done.add_partition(&config.topic, partition);
-                    let _ = consumer.pause(&done);
+                };
+                if let Some((time, item)) = reading.message(slot, &message, &mut stamper, now) {
+                    pending.push(time, item, &stamper, output);
                 }
             }
             pending.send(&stamper, output);
-            // Drained what was fetched: which partitions are at their end? (librdkafka's
-            // partition-EOF events reach the client context without their partition, so the
-            // position is compared with the high watermark of the last fetch response.)
+            pause_finished(&consumer, &config.topic, &mut owned, &mut paused_for_good);
             if !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
-                // The consumer's position also moves past offsets that are never delivered
-                // (transaction markers), which the last message alone would not show.
-                if let Ok(positions) = consumer.position() {
-                    for slot in owned.iter_mut() {
-                        let position = positions.find_partition(&config.topic, slot.partition).map(|p| p.offset());
-                        if let Some(Offset::Offset(position)) = position {
-                            slot.next = slot.next.max(position);
-                        }
-                    }
-                }
-                for slot in owned.iter_mut().filter(|s| !s.finished) {
-                    let partition = slot.partition as u32;
-                    if slot.end.is_some_and(|end| slot.next >= end) {
-                        slot.finished = true;
-                        stamper.tracker.finish(partition);
-                        continue;
-                    }
-                    if let Some(high) = cached_high_watermark(&consumer, &topic, slot.partition) {
-                        stamper.tracker.set_at_end(partition, slot.next >= high, now);
-                    }
-                }
+                note_ends(
+                    &consumer,
+                    &config.topic,
+                    &topic_c,
+                    &mut owned,
+                    &mut stamper,
+                    now,
+                );
             }
 
-            // A checkpoint was confirmed: commit the same offsets to the consumer group.
-            if checkpoint_in_flight.as_ref().is_some_and(|(ticket, _)| ticket.is_done()) {
-                let (_, offsets) = checkpoint_in_flight.take().expect("checked");
-                match consumer.commit(&offsets, CommitMode::Async) {
-                    Ok(()) => {
-                        counters.gauges.offsets_committed.fetch_add(offsets.count() as u64, Ordering::Relaxed);
-                    }
-                    Err(error) => warn!(worker, %error, "offset commit failed (the checkpoint in ClickHouse stands)"),
-                }
+            // Checkpointing: commit a confirmed checkpoint's offsets, write the next one.
+            if let Some(offsets) = checkpointer.confirmed() {
+                commit(&consumer, &config.topic, &offsets, &counters, worker);
             }
-            if checkpoint_in_flight.is_none() && last_checkpoint.elapsed() >= config.checkpoint_interval {
-                last_checkpoint = Instant::now();
-                let frontier = durable.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX);
-                let finalized = frontier.max(floor);
-                let first_open = finalized.saturating_add(1).saturating_sub(rebuild_minutes);
-                let progress = progress.borrow();
-                let written_at_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
-                let mut records = Vec::new();
-                let mut offsets = TopicPartitionList::new();
-                for slot in owned.iter_mut() {
-                    let partition = slot.partition as u32;
-                    let clock = stamper.tracker.max_ms(partition);
-                    if let Some((next_offset, max_event_ms, written_to)) = slot.checkpoint(first_open, clock, progress.durable(partition)) {
-                        records.push(CheckpointRecord {
-                            consumer_group: config.group_id.clone(),
-                            topic: config.topic.clone(),
-                            kafka_partition: partition,
-                            next_offset,
-                            max_event_ms,
-                            written_to,
-                            finalized_through: finalized,
-                            written_at_us,
-                        });
-                        let _ = offsets.add_partition_offset(&config.topic, slot.partition, Offset::Offset(next_offset));
-                    }
-                }
-                if !records.is_empty() {
-                    let batch = Batch { checkpoints: records, ..Batch::default() };
-                    checkpoint_in_flight = Some((shared.writer.submit(batch, Some(wake.clone())), offsets));
-                }
+            if checkpointer.due() {
+                let frontier = durable
+                    .with_frontier(|f| f.first().copied())
+                    .unwrap_or(u64::MAX);
+                let partitions = views(&mut owned, &stamper);
+                checkpointer.tick(
+                    partitions,
+                    frontier,
+                    &progress.borrow(),
+                    &shared.writer,
+                    &wake,
+                );
+            }
+            // Every partition read to its end: leave the final checkpoints for the job,
+            // which writes them once the dataflow (and so every sink) is done.
+            if stamper.tracker.all_finished() {
+                checkpointer.post_finals(views(&mut owned, &stamper), &shared.finals);
             }
 
-            // Every partition read to its end: leave the final checkpoints for the job, which
-            // writes them once the dataflow (and so every sink) is done.
-            if !finals_posted && stamper.tracker.all_finished() {
-                finals_posted = true;
-                let written_at_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
-                let mut finals = shared.finals.lock().expect("not poisoned");
-                for slot in &owned {
-                    let partition = slot.partition as u32;
-                    let clock = stamper.tracker.max_ms(partition);
-                    let last_window_end = clock.map_or(0, |ms| minute_of(ms) + length);
-                    finals.push(CheckpointRecord {
-                        consumer_group: config.group_id.clone(),
-                        topic: config.topic.clone(),
-                        kafka_partition: partition,
-                        next_offset: slot.read_to(),
-                        max_event_ms: clock,
-                        written_to: slot.read_to(),
-                        finalized_through: last_window_end.max(floor),
-                        written_at_us,
-                    });
-                }
-            }
-            // For /metrics: this worker's partitions, a few times a second (not per event).
+            // The watermark: this worker's marks to every worker, the capability after it.
             if now.saturating_duration_since(gauges_at) >= GAUGES_INTERVAL {
                 gauges_at = now;
-                let partitions = owned.iter().map(|slot| {
-                    let partition = slot.partition as u32;
-                    let high = cached_high_watermark(&consumer, &topic, slot.partition);
-                    let gauge = crate::metrics::PartitionGauge {
-                        lag: high.map(|high| (high - slot.read_to()).max(0)),
-                        max_event_ms: stamper.tracker.max_ms(partition),
-                        idle: stamper.tracker.is_idle(partition, now),
-                    };
-                    (slot.partition, gauge)
-                });
-                counters.gauges.record(&config.topic, partitions, stamper.tracker.published_ms());
+                record_gauges(
+                    &consumer,
+                    &config.topic,
+                    &topic_c,
+                    &owned,
+                    &stamper,
+                    &counters,
+                    now,
+                );
             }
             let post = stamper.post_marks(now, &shared.board, slot_on_board);
             if last_marks != Some(post.marks) {
@@ -744,7 +632,14 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 return;
             }
             if max_drift_ms > 0 {
-                align(&consumer, &config.topic, &mut owned, &stamper, max_drift_ms, worker);
+                align(
+                    &consumer,
+                    &config.topic,
+                    &mut owned,
+                    &stamper,
+                    max_drift_ms,
+                    worker,
+                );
             }
             if handled == MAX_MESSAGES_PER_ACTIVATION {
                 activator.activate();
@@ -832,17 +727,6 @@ fn align(
     }
 }
 
-/// Where a partition resumes: its checkpoint's offset, or the oldest retained offset `low`
-/// when retention deleted messages after the checkpoint (or there is none); and how many
-/// messages the job lost that way (0 for a fresh start, which has nothing to lose).
-fn resume_point(checkpoint: Option<i64>, low: i64) -> (i64, u64) {
-    match checkpoint {
-        Some(next) if next < low => (low, (low - next) as u64),
-        Some(next) => (next, 0),
-        None => (low, 0),
-    }
-}
-
 /// The high watermark librdkafka cached from the last fetch response for a partition, with
 /// no broker round trip (asking the broker would queue behind a long fetch on the same
 /// connection). `None` until a fetch has answered for it.
@@ -866,17 +750,4 @@ fn cached_high_watermark(
     };
     (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::resume_point;
-
-    #[test]
-    fn a_checkpoint_behind_retention_is_counted_not_silently_skipped() {
-        assert_eq!(resume_point(Some(100), 40), (100, 0));
-        assert_eq!(resume_point(Some(40), 40), (40, 0));
-        assert_eq!(resume_point(Some(10), 40), (40, 30));
-        assert_eq!(resume_point(None, 40), (40, 0));
-    }
 }

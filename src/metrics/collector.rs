@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::clickhouse::writer::{Writer, REJECTED_BY_CLICKHOUSE};
 use crate::jobs::JobDir;
-use crate::kafka::source::SourceCounters;
+use crate::source::SourceCounters;
 
 /// One source of the job: the topic it reads (the `topic` label of its counters) and its
 /// counters (and gauges).

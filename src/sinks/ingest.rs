@@ -15,26 +15,7 @@ use timely::dataflow::StreamVec;
 
 use super::durable::durable_sink;
 use crate::clickhouse::writer::{Batch, Writer};
-use crate::kafka::source::{Ingested, SourceRecord};
-
-/// Per partition (of this worker and topic), the offset below which every message the source handed
-/// to this sink is durable. Shared with the source of the same worker.
-#[derive(Debug, Default)]
-pub struct IngestProgress {
-    durable: BTreeMap<u32, i64>,
-}
-
-impl IngestProgress {
-    /// The offset below which `partition`'s messages are durable (`None`: none sent yet).
-    pub fn durable(&self, partition: u32) -> Option<i64> {
-        self.durable.get(&partition).copied()
-    }
-
-    fn confirm(&mut self, partition: u32, next: i64) {
-        let entry = self.durable.entry(partition).or_insert(next);
-        *entry = (*entry).max(next);
-    }
-}
+use crate::source::{IngestProgress, Ingested, SourceRecord};
 
 /// Splits a source's output into the records the views read and what [`ingest_sink`] is
 /// given. Records written raw (ride events with `raw`) go to both sides, which copies each

@@ -1,6 +1,6 @@
 //! Records a source reads in one activation, sent as one container per timely time.
 //!
-//! Both sources (`file_source`, `kafka::source`) read a few thousand records per activation,
+//! Both sources (`source::file`, `kafka::source`) read a few thousand records per activation,
 //! nearly all in the same event minute. Giving each to its own output session, at its own
 //! capability, cost the file source ~15 % of its time (a capability made and dropped, a
 //! session opened and flushed, and the record copied into the session's buffer, per record);

@@ -18,19 +18,17 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dataflows::partitioned_source::EventStamper;
 use dataflows::watermark::WatermarkTracker;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::clickhouse::writer::DeadLetter;
+use super::pending::Pending;
+use super::{Ingested, SourceRecord, SourceShared, Stamping};
 use crate::kafka::partitioner::partition_for;
-use crate::kafka::source::{owns, Ingested, SourceRecord, SourceShared};
-use crate::pending::Pending;
 
 /// Lines handled per activation, so other operators get to run.
 const MAX_LINES_PER_ACTIVATION: usize = 4096;
@@ -205,7 +203,14 @@ pub fn file_source<'scope, R: SourceRecord>(
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
         let mut pending = Pending::new();
         let mut finished = false;
-        let counters = shared.counters.clone();
+        let stamping = Stamping {
+            worker,
+            topic: config.topic.clone(),
+            cities: config.cities.clone(),
+            dead_letters: config.dead_letters,
+            settled_before: 0,
+            counters: shared.counters.clone(),
+        };
         let mut alignment = Alignment {
             max_drift_ms: config.max_drift.as_millis() as i64,
             waiting: false,
@@ -240,33 +245,31 @@ pub fn file_source<'scope, R: SourceRecord>(
                     continue;
                 }
                 match R::parse(line) {
-                    Ok(event) => {
-                        let (time, sourced) =
-                            stamper.judge(partition as u32, offset as u64, event, now);
-                        if !owns(&config.cities, sourced.event.city()) {
-                            counters.other_cities.fetch_add(1, Ordering::Relaxed);
-                            continue;
+                    Ok(record) => {
+                        let judged = stamping.judge(
+                            &mut stamper,
+                            partition as u32,
+                            offset as u64,
+                            record,
+                            now,
+                        );
+                        if judged.owned {
+                            let event = Ingested::Event(judged.sourced);
+                            pending.push(judged.time, event, &stamper, output);
                         }
-                        counters.events.fetch_add(1, Ordering::Relaxed);
-                        if sourced.late {
-                            counters.late.fetch_add(1, Ordering::Relaxed);
-                        }
-                        pending.push(time, Ingested::Event(sourced), &stamper, output);
                     }
                     Err(error) => {
-                        let count = counters.count_invalid(&error);
-                        if count < 10 || count.is_power_of_two() {
-                            warn!(worker, partition, offset, line = reader.lines, %error, reason = error.reason(), invalid_so_far = count + 1, "invalid line");
-                        }
-                        if config.dead_letters {
-                            let dead = DeadLetter::invalid(
-                                partition as u32,
-                                offset as u64,
-                                key.as_deref().map(|k| k.as_bytes().to_vec()),
-                                line.to_vec(),
-                                &error,
-                            )
-                            .from_topic(&config.topic);
+                        let key = key.as_deref().map(str::as_bytes);
+                        let line_number = Some(reader.lines);
+                        let dead = stamping.reject(
+                            &error,
+                            partition as u32,
+                            offset as u64,
+                            line_number,
+                            key,
+                            line,
+                        );
+                        if let Some(dead) = dead {
                             let held = *stamper.capability().expect("held while reading").time();
                             pending.push(held, Ingested::Dead(dead), &stamper, output);
                         }
