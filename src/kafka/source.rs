@@ -1,11 +1,12 @@
 //! The Kafka source operator: the partitions of an input topic drive timely's frontier.
 //!
-//! One operator per input topic and worker: `ride-events` ([`RideEvent`]) and
-//! `driver-locations` ([`DriverLocation`]) are read by the same code, generic over
-//! [`SourceRecord`] (how a message is parsed, its city, whether it is stored raw). Each
+//! One operator per input topic and worker: `ride-events`
+//! ([`RideEvent`](dataflows::event::RideEvent)) and `driver-locations`
+//! ([`DriverLocation`](dataflows::event::DriverLocation)) are read by the same code, generic
+//! over [`SourceRecord`] (how a message is parsed, its city, whether it is stored raw). Each
 //! topic has its own partitions, lateness clocks, checkpoints (per group, topic and
 //! partition) and dead letters (headers name the topic); both post their marks to one
-//! [`MarksBoard`], so the job's watermark is the minimum over the non-idle partitions of
+//! [`MarksBoard`](dataflows::watermark::MarksBoard), so the job's watermark is the minimum over the non-idle partitions of
 //! *both* topics (SPEC §5: a supply row is final once both watermarks pass its minute; a
 //! topic whose partitions are all idle or empty holds nothing back, as an idle partition
 //! does in SPEC §3).
@@ -18,6 +19,11 @@
 //! the idle timeout stops holding the watermark back; a worker without partitions releases
 //! its capability at once. Work per activation is bounded, and a quiet topic is polled every
 //! few milliseconds instead of spinning a core.
+//!
+//! An activation is a sequence of named steps: `next_message` and `Reading::message`
+//! (stamping each message with the [`Stamping`] the file source uses too), `note_ends`,
+//! the [`Checkpointer`] (in `crate::source::checkpoint`, with the per-partition
+//! [`PartitionLog`]), `record_gauges`, the marks, and `align`.
 //!
 //! With `until_end`, each partition is read up to the end offset it had at start and then
 //! finished, so every window becomes final and the dataflow completes: the mode for
@@ -123,7 +129,8 @@ pub struct SourceConfig {
     /// How many minutes back from the first unfinished minute a restart must re-read:
     /// `max(window length, supply horizon)` (see the module doc).
     pub rebuild_minutes: u64,
-    /// This source's first slot on the shared [`MarksBoard`] (worker `w` posts as
+    /// This source's first slot on the shared
+    /// [`MarksBoard`](dataflows::watermark::MarksBoard) (worker `w` posts as
     /// `board_offset + w`): 0 for ride events, the total worker count for locations.
     pub board_offset: usize,
     /// How often to checkpoint.
