@@ -295,7 +295,7 @@ impl Reading {
         if slot.finished || slot.end.is_some_and(|end| offset >= end) {
             return None;
         }
-        // Written before a restart: only rebuilds state.
+        // Not written before a restart (a message that was only rebuilds state).
         let rewrite = slot.log.rewrites(offset);
         let payload = message.payload().unwrap_or_default();
         let parsed = R::parse(payload).and_then(|record| {
