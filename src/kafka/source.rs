@@ -21,7 +21,8 @@
 //! few milliseconds instead of spinning a core.
 //!
 //! An activation is a sequence of named steps: `next_message` and `Reading::message`
-//! (stamping each message with the [`Stamping`] the file source uses too), `note_ends`,
+//! (stamping each message with the [`Stamping`] the file source uses too), `pause`,
+//! `note_ends`,
 //! the [`Checkpointer`] (in `crate::source::checkpoint`, with the per-partition
 //! [`PartitionLog`]), `record_gauges`, the marks, and `align`.
 //!
@@ -402,22 +403,11 @@ fn note_ends(
     }
 }
 
-/// Pauses the fetching of partitions read to their `until_end` end, so the others get the
-/// bandwidth.
-fn pause_finished(
-    consumer: &BaseConsumer<settings::ConsumerLog>,
-    topic: &str,
-    owned: &mut [OwnedPartition],
-    paused_for_good: &mut Vec<i32>,
-) {
-    for slot in owned.iter().filter(|s| s.finished) {
-        if !paused_for_good.contains(&slot.partition) {
-            paused_for_good.push(slot.partition);
-            let mut done = TopicPartitionList::new();
-            done.add_partition(topic, slot.partition);
-            let _ = consumer.pause(&done);
-        }
-    }
+/// Stops fetching a partition read to its `until_end` end, so the others get the bandwidth.
+fn pause(consumer: &BaseConsumer<settings::ConsumerLog>, topic: &str, partition: i32) {
+    let mut done = TopicPartitionList::new();
+    done.add_partition(topic, partition);
+    let _ = consumer.pause(&done);
 }
 
 /// Tells the consumer group the offsets of a durable checkpoint (the checkpoint in
@@ -542,7 +532,6 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             config.window_length_minutes,
             floor,
         );
-        let mut paused_for_good = Vec::new();
         let counters = shared.counters.clone();
         let max_drift_ms = config.max_drift.as_millis() as i64;
         let (mut gauges_at, mut last_activation) = (Instant::now(), Instant::now());
@@ -573,12 +562,15 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 let Some(slot) = owned.iter_mut().find(|s| s.partition == partition) else {
                     continue;
                 };
+                let was_finished = slot.finished;
                 if let Some((time, item)) = reading.message(slot, &message, &mut stamper, now) {
                     pending.push(time, item, &stamper, output);
                 }
+                if slot.finished && !was_finished {
+                    pause(&consumer, &config.topic, partition);
+                }
             }
             pending.send(&stamper, output);
-            pause_finished(&consumer, &config.topic, &mut owned, &mut paused_for_good);
             if !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
                 note_ends(
                     &consumer,
