@@ -15,8 +15,8 @@
 //!                 CityMinuteRow (per-minute rollups)
 //!
 //!  ride events ─┬─► (the stream above)
-//!  locations ───┴─► supply: differential reduces (latest ride / driver state, counts per
-//!                   city; final when both topics' frontiers pass a minute) and a live view
+//!  locations ───┴─► supply: latest ride / driver state, a differential reduce of counts per
+//!                   city (final when both topics' frontiers pass a minute) and a live view
 //!                   of the open minutes ──► CitySupplyRow (SPEC §5)
 //! ```
 //!
@@ -34,15 +34,17 @@
 //!   latest state of every ride and driver, counts per city, final rows per minute; with
 //!   [`supply_live`] (the open minutes, hand-written) and [`supply_rows`] (update mode);
 //!   `supply_split` hands each of its consumers what it needs of a record in one pass, and
-//!   `latest_per_minute` thins each entity's readings to one per minute before the reduce.
+//!   `latest_state` keeps every ride's and driver's latest reading and sends their per-city
+//!   tallies to the per-city reduce.
 //! - [`supply_row`]: the output row of SPEC §5.
 //! - [`split`]: one stream into two, each record moved once (the sources' outputs into
 //!   views and sinks, on-time and late events).
 #![deny(missing_docs)]
 
 pub mod city_metrics;
+mod entity_key;
 pub mod event;
-mod latest_per_minute;
+mod latest_state;
 pub mod metrics_row;
 pub mod minute_row;
 pub mod partitioned_source;

@@ -1,19 +1,18 @@
 //! Live supply and demand per city (SPEC §5), on differential dataflow.
 //!
 //! ```text
-//!  rides ─► supply_split ─┬─ late ─────────────────────────────────────────────► late_rides
-//!           (one pass)    ├─ (ride, reading) +1 at e, −1 at e+T ──► reduce: latest per ride ─┐
-//!                         │  (latest per ride and minute only)                              │
-//!                         ├─ (city, request) +1 at e, −1 at e+1 ─────────────────────────────┤
-//!                         ├─ (city, event)   +1 at e, −1 at e+H ─────────────────────────────┤
-//!                         └─ live record ─┐                                                  ▼
-//!  locations ─► supply_split ─┬─ late ────┼───────────────────────────► late_locations  reduce per city
-//!                             ├─ (driver, reading) +1 at e, −1 at e+S ─► reduce: latest ─► (counts, outer
-//!                             │  (latest per driver and minute only)                   join of supply
-//!                             ├─ (city, event) +1 at e, −1 at e+H ──────────────────►  with demand)
-//!                             └─ live record ─┤                                                  │ final
-//!                                             ▼                                                  │ counts
-//!              supply_live (open minutes, per worker) ── reports ──► supply_rows ◄───────────────┘
+//!  rides ─► supply_split ─┬─ late ──────────────────────────────────────────► late_rides
+//!           (one pass)    ├─ (ride, reading) ─► latest_state: per ride, its latest reading's
+//!                         │   (exchange by ride)  (city, tally) +1 at e, −1 at e+T ──────────┐
+//!                         ├─ (city, request) +1 at e, −1 at e+1 ───────────────────────────────┤
+//!                         ├─ (city, event)   +1 at e, −1 at e+H ───────────────────────────────┤
+//!                         └─ live record ─┐                                                    ▼
+//!  locations ─► supply_split ─┬─ late ────┼─────────────────────────► late_locations   reduce per city
+//!                             ├─ (driver, reading) ─► latest_state (+1 at e, −1 at e+S) ─► (counts, outer
+//!                             ├─ (city, event) +1 at e, −1 at e+H ────────────────────────► join of supply
+//!                             └─ live record ─┤                                             with demand)
+//!                                             ▼                                                    │ final
+//!              supply_live (open minutes, per worker) ── reports ──► supply_rows ◄─────────────────┘ counts
 //!                                                                        │ (worker 0)
 //!                                                                        ▼ CitySupplyRow
 //! ```
@@ -30,30 +29,29 @@
 //! - a `requested` event, for the `requests` column, at `e + 1`;
 //! - every on-time record, for the row's `version`, at `e + H` with `H = max(T, S)`.
 //!
-//! Before it, `latest_per_minute` keeps only an entity's latest reading of each minute (the
-//! others can never be the latest: they are present for exactly the same minutes), which
-//! turns a driver's twelve pings a minute into one update pair.
-//! A `reduce` per ride and per driver keeps the latest reading present (largest timestamp,
-//! then partition, then offset: a later read of the same partition wins a tie); because every
-//! reading of one entity is retracted after the same number of minutes, "the latest present"
-//! is exactly "the latest before `end(m)`, if it is still fresh" — once the latest has
-//! expired, every earlier one has too. The latest state maps to a `(city, tally)`: a ride
-//! whose latest event is `requested` waits, `accepted`/`started` is in progress,
-//! `completed`/`cancelled` counts nowhere; a driver is available or on trip in the city of
-//! its latest location, offline counts nowhere. A second `reduce`, per city, turns the
-//! multiset of tallies into [`SupplyCounts`]: this is the per-(city, minute) *join of supply
-//! with demand*, written as a reduce over their union because it must be an outer join (a
-//! city with drivers and no rider still has a row) and differential's `join` is inner; a
-//! `count` per (city, tally) before it would only add an arrangement, since the reduce already
-//! sees each distinct tally once with its multiplicity. A city's row exists when a count is
-//! non-zero.
+//! An entity (ride or driver) counts at minute `m` as its latest reading (largest timestamp,
+//! then partition, then offset: a later read of the same partition wins a tie) with an event
+//! minute `≤ m`, while that reading is fresh: its `(city, tally)`. A ride whose latest event
+//! is `requested` waits, `accepted`/`started` is in progress, `completed`/`cancelled` counts
+//! nowhere; a driver is available or on trip in the city of its latest location, offline
+//! counts nowhere. `latest_state` keeps each entity's latest reading by hand and sends those
+//! tallies as differential updates: `+1` from the reading's minute, `−1` when it stops being
+//! fresh or a newer reading replaces it (it used to be a differential `reduce` per entity
+//! over every reading of the last `T` minutes, which cost most of a supply run; see that
+//! module). A `reduce` per city turns the multiset of tallies into [`SupplyCounts`]: this is
+//! the per-(city, minute) *join of supply with demand*, written as a reduce over their union
+//! because it must be an outer join (a city with drivers and no rider still has a row) and
+//! differential's `join` is inner; a `count` per (city, tally) before it would only add an
+//! arrangement, since the reduce already sees each distinct tally once with its
+//! multiplicity. A city's row exists when a count is non-zero.
 //!
-//! Differential's arrangements seal a time only once the input frontier passes it, and the
-//! frontier is the watermark minute (the minimum of both topics' watermarks, since both
-//! streams feed the reduces), so its output for minute `m` appears exactly when `m` is final.
-//! Every reduce compacts its traces to its input frontier as it goes, and every record is
-//! retracted a bounded number of minutes after it was inserted, so memory is bounded by the
-//! records of the last `H` minutes plus what the watermark holds open.
+//! Differential's arrangements seal a time only once the input frontier passes it, and
+//! `latest_state` applies a minute only then too; the frontier is the watermark minute (the
+//! minimum of both topics' watermarks, since both streams feed the per-city reduce), so its
+//! output for minute `m` appears exactly when `m` is final. The reduce compacts its traces to
+//! its input frontier as it goes and holds per-city tallies only; `latest_state` keeps an
+//! entity only while its latest reading counts; so memory is bounded by the entities of the
+//! last `H` minutes plus what the watermark holds open.
 //!
 //! Update mode needs rows of minutes that are *not* final yet, which differential cannot
 //! produce at this timestamp: an arrangement seals a minute only once the frontier passes
@@ -85,25 +83,14 @@
 //! (and restore the partitions' lateness clocks), not just those after its last checkpoint
 //! of the city metrics; rows of minutes before `F` are recomputed but not emitted again.
 //!
-//! Cost, measured (release, jemalloc as in the job, 2 cores shared with other builds and
-//! tests, so figures are lower bounds): `cargo bench --bench supply_dataflow -- --warm-up-time
-//! 2 --measurement-time 20 --sample-size 10` (200,000 ride events and 95,952 locations from
-//! the simulator at 50,000 rides/min and 2,000 drivers, input copied per run) gives 69,700
-//! records/s with 1 worker and 89,900 with 2 (2026-11-26 16:00 UTC, load average 9 on the 2
-//! cores); some 55–70 times the 1,230 records/s of that load. Before `supply_split`, the
-//! live view's trimming and jemalloc it gave 52,800 and 56,200 (load 3–7). A perf profile on
-//! synthetic input (1 worker, before those changes) split the time: the per-ride and
-//! per-driver reduces with their arrangements 42 %, the live view 13 %, the sources and the
-//! input copy 24 %, the maps building readings 11 %, the per-city reduce 5 %. The
-//! per-entity reduce replays each ride's history at every minute its latest reading may
-//! change (a ride with four events has up to eight such minutes) and sorts string keys.
-//! `latest_per_minute` cuts the drivers' updates (and what their batcher and arrangement
-//! hold) twelvefold. Memory: `examples/supply_memory 30 1` (the same load in event time,
-//! no I/O) holds 247 MB at minute 10 (the horizon) and plateaus at 280–306 MB from minute
-//! 16 to 30. These figures are no measured reason to hand-write the final path (the
-//! throughput is far above the load), so only the open minutes, where differential cannot
-//! answer, are hand-written; the final rows stay on differential, whose compaction bounds
-//! their memory.
+//! Cost, measured (release, jemalloc, `docs/benchmarks.md`, issue 13's sixth step): a job's
+//! file run of 1,000,000 ride events with supply on (`--set supply.enabled=true`, raw events
+//! off) ran at ~100,000 events/s with one worker and 400 MB when each entity's latest state
+//! was a differential `reduce` (its batcher, spines and history replay were ~60 % of the
+//! time), and at ~200,000 events/s and 185 MB with `latest_state`; the final rows are the
+//! same. Memory: `examples/supply_memory 30 1` (50,000 rides/min and 2,000 drivers in event
+//! time, no I/O) holds 138 MB at minute 10 (the horizon) and 139–141 MB after, where the
+//! per-entity reduce held 247 MB and 280–306 MB.
 //!
 //! Choices where SPEC §5 leaves room: `request_timeout_minutes` applies to a ride's latest
 //! event whatever it is (so a ride whose `completed` never arrives stops being "in progress"
@@ -112,7 +99,7 @@
 
 use std::time::Duration;
 
-use differential_dataflow::{AsCollection, VecCollection};
+use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 
@@ -265,30 +252,6 @@ impl Reading {
     }
 }
 
-/// Per entity, the latest of its readings present at each minute, as `(city, tally)`.
-fn latest_states<'scope>(
-    readings: VecCollection<'scope, u64, (String, Reading)>,
-    name: &str,
-) -> VecCollection<'scope, u64, (String, Tally)> {
-    readings
-        .reduce_named(name, |_entity, readings, output| {
-            let latest = readings
-                .iter()
-                .rev()
-                .find(|(_, n)| *n > 0)
-                .map(|(reading, _)| *reading);
-            if let Some(Reading {
-                city,
-                tally: Some(tally),
-                ..
-            }) = latest
-            {
-                output.push(((city.clone(), *tally), 1isize));
-            }
-        })
-        .map(|(_entity, city_tally)| city_tally)
-}
-
 /// Live supply and demand rows from sourced ride events and driver locations (each at
 /// timely time = event minute, late ones at their source's capability, as the sources in
 /// `partitioned_source` emit them).
@@ -366,19 +329,13 @@ pub fn build<'scope>(
     let live = config.open_minutes > 0;
     let rides = crate::supply_split::build(rides, horizon, live, "SplitRides");
     let locations = crate::supply_split::build(locations, horizon, live, "SplitLocations");
-    let ride_readings =
-        crate::latest_per_minute::build(rides.readings, timeout, "LatestRidePerMinute");
-    let driver_readings =
-        crate::latest_per_minute::build(locations.readings, stale, "LatestDriverPerMinute");
+    let ride_states = crate::latest_state::build(rides.readings, timeout, "LatestRideState");
+    let driver_states = crate::latest_state::build(locations.readings, stale, "LatestDriverState");
     let ride_tallies = rides.tallies.as_collection();
     let location_tallies = locations.tallies.as_collection();
 
-    let counts = latest_states(ride_readings, "LatestRideState")
-        .concatenate([
-            latest_states(driver_readings, "LatestDriverState"),
-            ride_tallies,
-            location_tallies,
-        ])
+    let counts = ride_states
+        .concatenate([driver_states, ride_tallies, location_tallies])
         .reduce_named("CitySupply", |_city, tallies, output| {
             let mut counts = SupplyCounts::default();
             for (tally, n) in tallies {

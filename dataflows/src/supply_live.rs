@@ -6,7 +6,7 @@
 //! of minutes still open (update mode) are computed here by hand. Records are exchanged by
 //! entity (ride or driver), so each entity's readings are on one worker, sorted by recency.
 //! At minute `m` an entity counts as its latest reading with an event minute ≤ `m`, while
-//! that reading is fresh — the same rule the differential reduces apply to final minutes.
+//! that reading is fresh — the same rule `latest_state` applies to final minutes.
 //! A report is a worker's complete count of the minutes `[first, last]` it covers (the open
 //! minutes up to the newest it has read, at most `open_minutes` of them), so `supply_rows`
 //! replaces a worker's previous report rather than adding to it, and only emits the minutes
@@ -33,6 +33,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::entity_key::EntityKey;
 use crate::event::EventType;
 use crate::partitioned_source::{SourcedEvent, SourcedLocation};
 use crate::supply::{Reading, SupplyConfig};
@@ -76,7 +77,7 @@ struct Entities {
     /// Per entity, sorted by recency (oldest first): the readings of the open minutes, and
     /// before them at most one, the latest reading before the open minutes, kept only while
     /// it still counts (it has a tally and is fresh at the first open minute).
-    by_key: FastMap<String, Vec<Kept>>,
+    by_key: FastMap<EntityKey, Vec<Kept>>,
     /// Readings kept.
     len: usize,
 }
@@ -90,11 +91,8 @@ impl Entities {
         }
     }
 
-    fn keep(&mut self, key: &str, kept: Kept) {
-        let readings = match self.by_key.get_mut(key) {
-            Some(readings) => readings,
-            None => self.by_key.entry(key.to_string()).or_default(),
-        };
+    fn keep(&mut self, key: EntityKey, kept: Kept) {
+        let readings = self.by_key.entry(key).or_default();
         let at = readings.partition_point(|k| k.reading <= kept.reading);
         readings.insert(at, kept);
         self.len += 1;
@@ -119,27 +117,42 @@ impl Entities {
         self.len = len;
     }
 
-    /// Adds the state of every entity at each of `minutes` to `counts`.
-    fn count<'a>(
-        &'a self,
-        minutes: &std::ops::RangeInclusive<u64>,
-        counts: &mut BTreeMap<(u64, &'a str), SupplyCounts>,
-    ) {
+    /// Adds the state of every entity at each minute `first + i` to `counts`.
+    fn count<'a>(&'a self, first: u64, counts: &mut RangeCounts<'a>) {
+        let last = first + counts.minutes as u64 - 1;
         for readings in self.by_key.values() {
-            for minute in minutes.clone() {
-                let upto = readings.partition_point(|k| k.minute <= minute);
-                if upto == 0 {
+            for (i, kept) in readings.iter().enumerate() {
+                let Some(tally) = kept.reading.tally else {
                     continue;
-                }
-                let latest = &readings[upto - 1];
-                if let Some(tally) = latest.reading.tally {
-                    if minute < latest.minute + self.fresh_for {
-                        let entry = counts.entry((minute, &latest.reading.city));
-                        tally.add_to(entry.or_default(), 1);
+                };
+                // The latest reading from its minute until the next one's, while it is fresh.
+                let next = readings.get(i + 1).map_or(u64::MAX, |next| next.minute);
+                let from = kept.minute.max(first);
+                let until = next.min(kept.minute + self.fresh_for).min(last + 1);
+                if from < until {
+                    let slots = counts.city(&kept.reading.city);
+                    for minute in from..until {
+                        tally.add_to(&mut slots[(minute - first) as usize], 1);
                     }
                 }
             }
         }
+    }
+}
+
+/// Per city, its counts at each minute of a report's range (index: minute − first): one
+/// lookup per reading that counts, not a map entry per entity and minute.
+struct RangeCounts<'a> {
+    minutes: usize,
+    by_city: FastMap<&'a str, Vec<SupplyCounts>>,
+}
+
+impl<'a> RangeCounts<'a> {
+    fn city(&mut self, city: &'a str) -> &mut [SupplyCounts] {
+        let minutes = self.minutes;
+        self.by_city
+            .entry(city)
+            .or_insert_with(|| vec![SupplyCounts::default(); minutes])
     }
 }
 
@@ -176,23 +189,25 @@ impl LiveView {
     /// Adds an on-time ride event.
     pub fn add_ride(&mut self, sourced: &SourcedEvent) {
         let requested = sourced.event.event_type == EventType::Requested;
-        self.add_ride_reading(&sourced.event.ride_id, Reading::of_ride(sourced), requested);
+        let ride = EntityKey::new(&sourced.event.ride_id);
+        self.add_ride_reading(ride, Reading::of_ride(sourced), requested);
     }
 
     /// Adds an on-time driver location.
     pub fn add_driver(&mut self, sourced: &SourcedLocation) {
-        self.add_driver_reading(&sourced.event.driver_id, Reading::of_driver(sourced));
+        let driver = EntityKey::new(&sourced.event.driver_id);
+        self.add_driver_reading(driver, Reading::of_driver(sourced));
     }
 
     /// Adds a ride's on-time reading (`requested`: it is a `requested` event).
-    pub(crate) fn add_ride_reading(&mut self, ride: &str, reading: Reading, requested: bool) {
+    pub(crate) fn add_ride_reading(&mut self, ride: EntityKey, reading: Reading, requested: bool) {
         let minute = reading.minute();
         self.see(minute, &reading.city, requested);
         self.rides.keep(ride, Kept { reading, minute });
     }
 
     /// Adds a driver's on-time reading.
-    pub(crate) fn add_driver_reading(&mut self, driver: &str, reading: Reading) {
+    pub(crate) fn add_driver_reading(&mut self, driver: EntityKey, reading: Reading) {
         let minute = reading.minute();
         self.see(minute, &reading.city, false);
         self.drivers.keep(driver, Kept { reading, minute });
@@ -246,13 +261,24 @@ impl LiveView {
         &self,
         minutes: std::ops::RangeInclusive<u64>,
     ) -> BTreeMap<(u64, String), SupplyCounts> {
-        let mut counts: BTreeMap<(u64, &str), SupplyCounts> = BTreeMap::new();
+        let (first, last) = (*minutes.start(), *minutes.end());
+        if first > last {
+            return BTreeMap::new();
+        }
+        let mut counts = RangeCounts {
+            minutes: (last - first + 1) as usize,
+            by_city: FastMap::default(),
+        };
         let horizon = self.config.horizon();
-        for minute in minutes.clone() {
-            let since = (minute + 1).saturating_sub(horizon);
-            for (&e, cities) in self.tallies.range(since..=minute) {
-                for (city, tally) in cities {
-                    let entry = counts.entry((minute, city)).or_default();
+        for (&e, cities) in self
+            .tallies
+            .range((first + 1).saturating_sub(horizon)..=last)
+        {
+            for (city, tally) in cities {
+                let slots = counts.city(city);
+                // A record of minute `e` counts at the minutes `[e, e + H)` of the range.
+                for minute in e.max(first)..(e + horizon).min(last + 1) {
+                    let entry = &mut slots[(minute - first) as usize];
                     entry.events += tally.events;
                     if e == minute {
                         entry.requests += tally.requests;
@@ -260,12 +286,18 @@ impl LiveView {
                 }
             }
         }
-        self.rides.count(&minutes, &mut counts);
-        self.drivers.count(&minutes, &mut counts);
-        counts
-            .into_iter()
-            .map(|((minute, city), c)| ((minute, city.to_string()), c))
-            .collect()
+        self.rides.count(first, &mut counts);
+        self.drivers.count(first, &mut counts);
+        let mut rows = BTreeMap::new();
+        for (city, slots) in counts.by_city {
+            for (i, c) in slots.into_iter().enumerate() {
+                // A (minute, city) is in the counts when anything counted there.
+                if c != SupplyCounts::default() {
+                    rows.insert((first + i as u64, city.to_string()), c);
+                }
+            }
+        }
+        rows
     }
 
     /// The newest open minutes (at most `open_minutes` of them, up to the newest read);
@@ -310,13 +342,6 @@ impl LiveState {
     }
 }
 
-/// The exchange key: foldhash with a fixed seed, so every process of a cluster (the same
-/// binary) routes alike, at a fraction of SipHash's cost per record.
-fn key_hash(key: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(key)
-}
-
 /// The live view's reports, from on-time rides' and locations' records.
 pub(crate) fn build<'scope>(
     rides: StreamVec<'scope, u64, LiveRecord>,
@@ -328,8 +353,8 @@ pub(crate) fn build<'scope>(
     rides
         .binary_frontier(
             locations,
-            Exchange::new(|r: &LiveRecord| key_hash(&r.key)),
-            Exchange::new(|r: &LiveRecord| key_hash(&r.key)),
+            Exchange::new(|r: &LiveRecord| r.key.hash()),
+            Exchange::new(|r: &LiveRecord| r.key.hash()),
             "SupplyLive",
             move |capability, info| {
                 let activator = scope.activator_for(info.address);
@@ -344,13 +369,13 @@ pub(crate) fn build<'scope>(
                 move |(rides, rides_frontier), (locations, locations_frontier), output| {
                     rides.for_each(|_, data| {
                         for r in data.drain(..) {
-                            state.view.add_ride_reading(&r.key, r.reading, r.requested);
+                            state.view.add_ride_reading(r.key, r.reading, r.requested);
                             state.dirty = true;
                         }
                     });
                     locations.for_each(|_, data| {
                         for r in data.drain(..) {
-                            state.view.add_driver_reading(&r.key, r.reading);
+                            state.view.add_driver_reading(r.key, r.reading);
                             state.dirty = true;
                         }
                     });

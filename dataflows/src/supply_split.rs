@@ -16,6 +16,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
 
 use crate::city_metrics::LateEvent;
+use crate::entity_key::EntityKey;
 use crate::event::{DriverLocation, EventType, RideEvent};
 use crate::partitioned_source::{minute_of, Sourced};
 use crate::supply::{Reading, Tally};
@@ -24,7 +25,7 @@ use crate::supply::{Reading, Tally};
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LiveRecord {
     /// The ride or driver.
-    pub key: String,
+    pub key: EntityKey,
     /// Its reading.
     pub reading: Reading,
     /// Whether it is a `requested` ride event.
@@ -85,7 +86,7 @@ pub(crate) type TallyUpdate = ((String, Tally), u64, isize);
 /// The four outputs of [`build`].
 pub(crate) struct Split<'scope> {
     pub late: StreamVec<'scope, u64, LateEvent>,
-    pub readings: StreamVec<'scope, u64, (String, Reading)>,
+    pub readings: StreamVec<'scope, u64, (EntityKey, Reading)>,
     pub tallies: StreamVec<'scope, u64, TallyUpdate>,
     pub live: StreamVec<'scope, u64, LiveRecord>,
 }
@@ -102,7 +103,7 @@ pub(crate) fn build<'scope, R: SupplyInput>(
     let mut builder = OperatorBuilder::new(name.to_owned(), records.scope());
     let mut input = builder.new_input(records, Pipeline);
     let (late_out, late) = builder.new_output::<Vec<LateEvent>>();
-    let (readings_out, readings) = builder.new_output::<Vec<(String, Reading)>>();
+    let (readings_out, readings) = builder.new_output::<Vec<(EntityKey, Reading)>>();
     let (tallies_out, tallies) = builder.new_output::<Vec<TallyUpdate>>();
     let (live_out, live_stream) = builder.new_output::<Vec<LiveRecord>>();
     let mut late_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(late_out);
@@ -135,7 +136,7 @@ pub(crate) fn build<'scope, R: SupplyInput>(
                     }
                     tallies.give(((city.clone(), Tally::Event), minute, 1));
                     tallies.give(((city.clone(), Tally::Event), minute + horizon, -1));
-                    let key = sourced.event.key().to_string();
+                    let key = EntityKey::new(sourced.event.key());
                     if live {
                         lives.give(LiveRecord {
                             key: key.clone(),
