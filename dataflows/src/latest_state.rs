@@ -105,6 +105,16 @@ impl LatestStates {
         *per_city.entry((tally, time)).or_default() += diff;
     }
 
+    /// The updates of the minutes applied since the last call, summed, zeros left out.
+    fn take_updates(&mut self) -> impl Iterator<Item = ((String, Tally), u64, isize)> + '_ {
+        self.updates.iter_mut().flat_map(|(city, per_city)| {
+            per_city
+                .drain()
+                .filter(|(_, diff)| *diff != 0)
+                .map(|((tally, time), diff)| ((city.clone(), tally), time, diff))
+        })
+    }
+
     /// Drops the entities whose reading stops counting at or before `minute`.
     fn expire_through(&mut self, minute: u64) {
         while let Some(entry) = self.expiring.first_entry() {
@@ -180,14 +190,9 @@ pub(crate) fn build<'scope>(
                         }
                         let (capability, latest) = entry.remove();
                         state.apply(minute, latest);
-                        let mut session = output.session(&capability);
-                        for (city, per_city) in state.updates.iter_mut() {
-                            for ((tally, time), diff) in per_city.drain() {
-                                if diff != 0 {
-                                    session.give(((city.clone(), tally), time, diff));
-                                }
-                            }
-                        }
+                        output
+                            .session(&capability)
+                            .give_iterator(state.take_updates());
                     }
                 }
             },
@@ -223,15 +228,10 @@ mod tests {
             .map(|(id, r)| (EntityKey::new(id), r))
             .collect();
         state.apply(minute, latest);
-        let mut sent = BTreeMap::new();
-        for (city, per_city) in state.updates.iter_mut() {
-            for ((tally, time), diff) in per_city.drain() {
-                if diff != 0 {
-                    sent.insert((city.clone(), tally, time), diff);
-                }
-            }
-        }
-        sent
+        state
+            .take_updates()
+            .map(|((city, tally), time, diff)| ((city, tally, time), diff))
+            .collect()
     }
 
     #[test]
