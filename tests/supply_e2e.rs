@@ -241,7 +241,7 @@ fn supply_rows_from_the_broker_equal_the_oracle_through_a_crash_and_from_files()
         .command(&["run", "--until-end", "-w", "2", "--group", "crash"])
         .env(
             "RIDEPULSE_LIBRDKAFKA",
-            "fetch.max.bytes=16384,message.max.bytes=16384,batch.size=16384",
+            "fetch.max.bytes=2048,message.max.bytes=2048,batch.size=2048",
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -18,7 +18,9 @@
 //! the watermark's minute. A partition that has reached its end offset and stays quiet for
 //! the idle timeout stops holding the watermark back; a worker without partitions releases
 //! its capability at once. Work per activation is bounded, and a quiet topic is polled every
-//! few milliseconds instead of spinning a core.
+//! few milliseconds instead of spinning a core. Each partition's fetched messages wait in a
+//! queue of their own, read in turn, so that watermark alignment (`align`) can hold a
+//! partition that runs ahead without dropping what was fetched.
 //!
 //! An activation is a sequence of named steps: `next_message` and `Reading::message`
 //! (stamping each message with the [`Stamping`] the file source uses too), `pause`,
@@ -69,11 +71,13 @@ use std::cell::RefCell;
 use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::event::check_not_ahead;
 use dataflows::partitioned_source::{minute_of, EventStamper};
 use dataflows::watermark::{LocalMarks, MarksPost, WatermarkTracker};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -137,7 +141,7 @@ pub struct SourceConfig {
     /// How often to checkpoint.
     pub checkpoint_interval: Duration,
     /// Watermark alignment: how far a partition's mark may run ahead of the job's watermark
-    /// before it is paused (zero: never).
+    /// before it is held (zero: never).
     pub max_drift: Duration,
     /// Only events of these cities go downstream (`None`: every city). Lateness and the
     /// watermark still see every event of a partition, so a job per city set computes
@@ -152,7 +156,6 @@ pub struct SourceConfig {
 }
 
 /// One owned partition's reading state.
-#[derive(Debug)]
 struct OwnedPartition {
     partition: i32,
     /// The end offset to stop at (`until_end`).
@@ -160,8 +163,8 @@ struct OwnedPartition {
     /// The next offset to read.
     next: i64,
     finished: bool,
-    /// Paused by watermark alignment (too far ahead of the job's watermark).
-    paused: bool,
+    /// Held by watermark alignment (too far ahead of the job's watermark): not polled.
+    held: bool,
     /// The event time of the first on-time event this run read from it (alignment's
     /// reference while the job's watermark is still unknown).
     first_ms: Option<i64>,
@@ -189,25 +192,28 @@ fn views<'a>(
     })
 }
 
-/// This worker's consumer, assigned its partitions at their resume offsets; `None` in the
-/// second place when a partition has nothing to read (`until_end` at its end).
+/// This worker's consumer, assigned its partitions at their resume offsets, with each
+/// partition's fetched messages in a queue of its own (in the order of the partitions), so
+/// that alignment holds a partition by not polling it and keeps what librdkafka fetched
+/// (`pause` would drop it, and it would be fetched again).
 fn assign(
     config: &SourceConfig,
     worker: usize,
     peers: usize,
     shared: &SourceShared,
-) -> Result<(BaseConsumer<settings::ConsumerLog>, Vec<OwnedPartition>), KafkaError> {
+) -> Result<Assigned, KafkaError> {
     let mine: Vec<i32> = (0..config.partitions)
         .filter(|p| *p as usize % peers == worker)
         .collect();
-    let consumer: BaseConsumer<settings::ConsumerLog> = settings::consumer(
+    let consumer: BaseConsumer<settings::ConsumerLog> = settings::partitioned_consumer(
         &config.brokers,
         &config.group_id,
         &format!("ridepulse-worker-{worker}"),
     )
     .create_with_context(settings::ConsumerLog)?;
+    let consumer = Arc::new(consumer);
     let mut assignment = TopicPartitionList::new();
-    let mut owned: Vec<OwnedPartition> = Vec::new();
+    let mut starts = Vec::new();
     for &partition in &mine {
         let (low, high) =
             consumer.fetch_watermarks(&config.topic, partition, Duration::from_secs(15))?;
@@ -223,6 +229,20 @@ fn assign(
         }
         assignment.add_partition_offset(&config.topic, partition, Offset::Offset(start))?;
         let written_to = checkpoint.map_or(start, |c| c.written_to.max(start));
+        starts.push((partition, start, high, written_to));
+    }
+    consumer.assign(&assignment)?;
+    // Split after `assign` (which undoes splits) and before the first poll (so no message of
+    // the partition waits in the consumer's own queue).
+    let (mut owned, mut queues) = (Vec::new(), Vec::new());
+    for (partition, start, high, written_to) in starts {
+        let queue = consumer
+            .split_partition_queue(&config.topic, partition)
+            .ok_or(KafkaError::Client(RdKafkaError::Subscription(format!(
+                "librdkafka has no queue for partition {partition} of `{}`",
+                config.topic
+            ))))?;
+        queues.push(queue);
         owned.push(OwnedPartition {
             partition,
             end: config.until_end.then_some(high),
@@ -230,35 +250,79 @@ fn assign(
             // An until_end partition with nothing left (its end at its start, which is not
             // always 0 once retention has deleted messages) has nothing to wait for.
             finished: config.until_end && high <= start,
-            paused: false,
+            held: false,
             first_ms: None,
             log: PartitionLog::new(start, written_to),
         });
     }
-    consumer.assign(&assignment)?;
     info!(worker, partitions = ?mine, topic = %config.topic, resumed = !shared.resume.partitions.is_empty(), "source assigned");
-    Ok((consumer, owned))
+    Ok((consumer, owned, queues))
 }
 
-/// The next message fetched, if any (partition ends are read from positions, not from
-/// librdkafka's end-of-partition events; client errors are logged, and librdkafka retries).
+/// What [`assign`] sets up: the consumer, the owned partitions and their queues.
+type Assigned = (
+    Arc<BaseConsumer<settings::ConsumerLog>>,
+    Vec<OwnedPartition>,
+    Vec<PartitionQueue<settings::ConsumerLog>>,
+);
+
+/// Messages the read loop takes from one partition's queue before it turns to the next.
+const PER_TURN: usize = 512;
+
+/// Which partition queue the read loop polls next: each in turn, up to [`PER_TURN`]
+/// messages, so that no partition waits behind another's backlog.
+#[derive(Debug, Default)]
+struct Rotation {
+    at: usize,
+    taken: usize,
+}
+
+/// The next message fetched, if any: from the consumer's own queue (which serves librdkafka's
+/// events; it holds messages only if some were fetched before the split), then from the
+/// partition queues in turn, skipping the held and the finished. Partition ends are read from
+/// positions, not from librdkafka's end-of-partition events; client errors are logged, and
+/// librdkafka retries.
 fn next_message<'c>(
     consumer: &'c BaseConsumer<settings::ConsumerLog>,
+    queues: &'c [PartitionQueue<settings::ConsumerLog>],
+    owned: &[OwnedPartition],
+    rotation: &mut Rotation,
     worker: usize,
 ) -> Option<BorrowedMessage<'c>> {
-    loop {
-        return match consumer.poll(Duration::ZERO)? {
-            Ok(message) => Some(message),
-            Err(RdKafkaError::PartitionEOF(_)) => continue,
-            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
-                continue
+    if let Some(message) = take(consumer.poll(Duration::ZERO), worker) {
+        return Some(message);
+    }
+    for _ in 0..=owned.len() {
+        let at = rotation.at % owned.len().max(1);
+        let ready = owned
+            .get(at)
+            .is_some_and(|slot| !slot.held && !slot.finished);
+        if ready && rotation.taken < PER_TURN {
+            if let Some(message) = take(queues[at].poll(Duration::ZERO), worker) {
+                rotation.taken += 1;
+                return Some(message);
             }
-            Err(error) => {
-                // Transient client errors (broker restarts) are retried by librdkafka.
-                warn!(worker, %error, "kafka consumer error");
-                None
-            }
-        };
+        }
+        rotation.at = (at + 1) % owned.len().max(1);
+        rotation.taken = 0;
+    }
+    None
+}
+
+/// A message from a poll, if it was one (end-of-partition events are skipped).
+fn take<'c>(
+    polled: Option<Result<BorrowedMessage<'c>, RdKafkaError>>,
+    worker: usize,
+) -> Option<BorrowedMessage<'c>> {
+    match polled? {
+        Ok(message) => Some(message),
+        Err(RdKafkaError::PartitionEOF(_)) => None,
+        Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => None,
+        Err(error) => {
+            // Transient client errors (broker restarts) are retried by librdkafka.
+            warn!(worker, %error, "kafka consumer error");
+            None
+        }
     }
 }
 
@@ -472,7 +536,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
     progress: Rc<RefCell<IngestProgress>>,
 ) -> Result<StreamVec<'scope, u64, Ingested<R>>, KafkaError> {
     let (worker, peers) = (scope.index(), scope.peers());
-    let (consumer, mut owned) = assign(config, worker, peers, &shared)?;
+    let (consumer, mut owned, queues) = assign(config, worker, peers, &shared)?;
     let config = config.clone();
     let slot_on_board = config.board_offset + worker;
     let board = shared.board.clone();
@@ -536,6 +600,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
         let max_drift_ms = config.max_drift.as_millis() as i64;
         let (mut gauges_at, mut last_activation) = (Instant::now(), Instant::now());
         let mut pending = Pending::new();
+        let mut rotation = Rotation::default();
         move |_frontiers| {
             if stamper.capability().is_none() {
                 return;
@@ -554,7 +619,8 @@ pub fn kafka_source<'scope, R: SourceRecord>(
             }
             last_activation = now;
             while !backpressure && handled < MAX_MESSAGES_PER_ACTIVATION {
-                let Some(message) = next_message(&consumer, worker) else {
+                let Some(message) = next_message(&consumer, &queues, &owned, &mut rotation, worker)
+                else {
                     break;
                 };
                 handled += 1;
@@ -631,14 +697,7 @@ pub fn kafka_source<'scope, R: SourceRecord>(
                 return;
             }
             if max_drift_ms > 0 {
-                align(
-                    &consumer,
-                    &config.topic,
-                    &mut owned,
-                    &stamper,
-                    max_drift_ms,
-                    worker,
-                );
+                align(&mut owned, &stamper, max_drift_ms, worker);
             }
             if handled == MAX_MESSAGES_PER_ACTIVATION {
                 activator.activate();
@@ -659,28 +718,27 @@ pub fn kafka_source<'scope, R: SourceRecord>(
     Ok(stream)
 }
 
-/// Watermark alignment (as Flink's): pauses every owned partition whose mark (largest event
+/// Watermark alignment (as Flink's): holds every owned partition whose mark (largest event
 /// time minus the allowed lateness) runs more than `max_drift_ms` ahead of the job's
-/// watermark, and resumes it once it is within half of that. Brokers that answer a fetch
+/// watermark, and releases it once it is within half of that. Brokers that answer a fetch
 /// with one partition's large chunk (Tansu) would otherwise deliver a catch-up partition by
-/// partition, holding the watermark (the minimum) still until the last one arrives; paused,
-/// the leaders wait and the laggards are fetched, so windows close progressively and the
-/// checkpoints' resume point advances. The partition holding the watermark is never ahead
-/// of it, so alignment cannot stall the job; finished and idle partitions do not hold it.
+/// partition, holding the watermark (the minimum) still until the last one arrives; held,
+/// the leaders are not read, their queues fill to librdkafka's prefetch limit and stop being
+/// fetched, and the laggards are, so windows close progressively and the checkpoints'
+/// resume point advances. The partition holding the watermark is never ahead of it, so
+/// alignment cannot stall the job; finished and idle partitions do not hold it.
+///
+/// Holding is not librdkafka's `pause`, which drops the partition's prefetched messages:
+/// with Tansu's chunks of several minutes of event time, more than the allowed drift, every
+/// chunk paused its partition, and the job fetched much of the backlog twice
+/// (docs/benchmarks.md, issue 13's sixth step).
 ///
 /// While the watermark is still unknown (a partition has delivered nothing yet), the
 /// reference is the earliest first event time this worker read: a partition that ran
 /// `max_drift_ms` past it waits, so the broker serves the partitions that have delivered
 /// nothing, and the watermark becomes known after one chunk of each rather than after
 /// whole partitions. Once every partition has delivered, the watermark takes over.
-fn align(
-    consumer: &BaseConsumer<settings::ConsumerLog>,
-    topic: &str,
-    owned: &mut [OwnedPartition],
-    stamper: &EventStamper,
-    max_drift_ms: i64,
-    worker: usize,
-) {
+fn align(owned: &mut [OwnedPartition], stamper: &EventStamper, max_drift_ms: i64, worker: usize) {
     let lateness = stamper.tracker.lateness_ms();
     let earliest_start = owned.iter().filter_map(|s| s.first_ms).min();
     let Some(watermark) = stamper
@@ -690,38 +748,22 @@ fn align(
     else {
         return;
     };
-    // A finished partition is paused for good by the read loop.
     for slot in owned.iter_mut().filter(|s| !s.finished) {
         let ahead = stamper
             .tracker
             .max_ms(slot.partition as u32)
             .map_or(0, |max| max - lateness - watermark);
-        let pause = !slot.paused && ahead > max_drift_ms;
-        let resume = slot.paused && ahead <= max_drift_ms / 2;
-        if !pause && !resume {
-            continue;
-        }
-        let mut list = TopicPartitionList::new();
-        list.add_partition(topic, slot.partition);
-        let result = if pause {
-            consumer.pause(&list)
-        } else {
-            consumer.resume(&list)
-        };
-        match result {
-            Ok(()) => {
-                slot.paused = pause;
-                tracing::debug!(
-                    worker,
-                    partition = slot.partition,
-                    ahead_ms = ahead,
-                    paused = pause,
-                    "watermark alignment"
-                );
-            }
-            Err(error) => {
-                warn!(worker, partition = slot.partition, %error, "cannot pause or resume a partition for watermark alignment")
-            }
+        let hold = !slot.held && ahead > max_drift_ms;
+        let release = slot.held && ahead <= max_drift_ms / 2;
+        if hold || release {
+            slot.held = hold;
+            tracing::debug!(
+                worker,
+                partition = slot.partition,
+                ahead_ms = ahead,
+                held = hold,
+                "watermark alignment"
+            );
         }
     }
 }
