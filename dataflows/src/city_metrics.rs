@@ -36,7 +36,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::event::{EventType, Timestamp};
+use crate::event::{EventType, RideEvent, Timestamp};
 use crate::metrics_row::{final_version, CityMetricsRow};
 use crate::minute_row::CityMinuteRow;
 use crate::partitioned_source::SourcedEvent;
@@ -84,6 +84,32 @@ pub struct CityMetrics<'scope> {
     pub minutes: StreamVec<'scope, u64, CityMinuteRow>,
     /// Every late event (they add to no window).
     pub late: StreamVec<'scope, u64, LateEvent>,
+}
+
+/// What the windows need of an on-time event, and all that crosses the exchange: a
+/// `SourcedEvent` is ~190 bytes (its ride, driver and coordinates too), moved once more
+/// into the exchange's buffers and once out of them per event; this is ~80, and the ride's
+/// other strings are freed by the worker that allocated them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct WindowEvent {
+    city: String,
+    user_id: String,
+    /// Event time (ms).
+    timestamp_ms: i64,
+    event_type: EventType,
+    estimated_fare: Option<f64>,
+}
+
+impl WindowEvent {
+    fn of(event: RideEvent) -> WindowEvent {
+        WindowEvent {
+            city: event.city,
+            user_id: event.user_id,
+            timestamp_ms: event.timestamp.millis(),
+            event_type: event.event_type,
+            estimated_fare: event.estimated_fare,
+        }
+    }
 }
 
 /// What the operator emits: both kinds of rows at the same capability.
@@ -234,8 +260,7 @@ struct WindowState {
 }
 
 impl WindowState {
-    fn add(&mut self, event: &SourcedEvent, minute: u64) {
-        let e = &event.event;
+    fn add(&mut self, e: &WindowEvent, minute: u64) {
         let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
         let finalized_to = self.finalized_to;
         let city = match self.cities.get_mut(e.city.as_str()) {
@@ -243,8 +268,8 @@ impl WindowState {
             None => self.cities.entry(e.city.clone()).or_default(),
         };
         let bucket = city.minutes.entry(minute).or_default();
-        if bucket.total == 0 || e.timestamp.millis() > bucket.max_ms {
-            bucket.max_ms = e.timestamp.millis();
+        if bucket.total == 0 || e.timestamp_ms > bucket.max_ms {
+            bucket.max_ms = e.timestamp_ms;
         }
         bucket.total += 1;
         match e.event_type {
@@ -376,14 +401,14 @@ pub fn build<'scope>(
                 timestamp: e.event.timestamp,
             })
         } else {
-            Side::Left(e)
+            Side::Left(WindowEvent::of(e.event))
         }
     });
     let scope = on_time.scope();
     let config = config.clone();
     let emitted = on_time
         .unary_frontier(
-            Exchange::new(|e: &SourcedEvent| city_hash(&e.event.city)),
+            Exchange::new(|e: &WindowEvent| city_hash(&e.city)),
             "CityWindows",
             move |capability, info| {
                 let activator = scope.activator_for(info.address);
