@@ -122,7 +122,7 @@ pub struct JobConfig {
     /// offsets): shorter means less to re-read after a crash, more small ClickHouse inserts.
     pub checkpoint_interval_ms: u64,
     /// Watermark alignment: a partition whose event time runs this far ahead of the job's
-    /// watermark is paused until the others catch up (0 turns it off), so windows close
+    /// watermark is not read on until the others catch up (0 turns it off), so windows close
     /// progressively during a catch-up and the checkpoints' resume point advances.
     pub max_drift_secs: u64,
 }
