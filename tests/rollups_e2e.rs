@@ -135,15 +135,11 @@ fn rollups_equal_the_raw_rows_through_a_kill_and_restart() {
     );
     crash.migrate();
     let crash = crash.with("job.checkpoint_interval_ms", "200");
-    // Small fetches, so minutes close and checkpoints advance while the job reads. Tansu
-    // ignores max.partition.fetch.bytes but honours fetch.max.bytes (librdkafka wants
-    // message.max.bytes, and so batch.size, no larger).
+    // Small fetches (`common::SMALL_FETCHES`), so minutes close and checkpoints advance
+    // while the job reads.
     let mut job = crash
         .command(&["run", "--until-end", "-w", "2", "--group", "crash"])
-        .env(
-            "RIDEPULSE_LIBRDKAFKA",
-            "fetch.max.bytes=2048,message.max.bytes=2048,batch.size=2048",
-        )
+        .env("RIDEPULSE_LIBRDKAFKA", common::SMALL_FETCHES)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

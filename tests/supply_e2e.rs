@@ -230,19 +230,12 @@ fn supply_rows_from_the_broker_equal_the_oracle_through_a_crash_and_from_files()
     );
     crash.migrate();
     let crash = crash.with("job.checkpoint_interval_ms", "200");
-    // Small fetches, so the partitions are read in many rounds and minutes close (and
-    // checkpoints of both topics advance) while the job reads, as in a real catch-up; a
-    // fetch of this dataset's default size returns a whole partition at once. Tansu ignores
-    // max.partition.fetch.bytes but honours fetch.max.bytes (librdkafka wants
-    // message.max.bytes, and so batch.size, no larger): with the former alone, a loaded
-    // machine read every partition before the watermark was known and the job finished
-    // without a mid-stream checkpoint to kill at.
+    // Small fetches (`common::SMALL_FETCHES`), so the partitions are read in many rounds and
+    // checkpoints of both topics advance while the job reads, as in a real catch-up; a fetch
+    // of this dataset's default size returns a whole partition at once.
     let mut job = crash
         .command(&["run", "--until-end", "-w", "2", "--group", "crash"])
-        .env(
-            "RIDEPULSE_LIBRDKAFKA",
-            "fetch.max.bytes=2048,message.max.bytes=2048,batch.size=2048",
-        )
+        .env("RIDEPULSE_LIBRDKAFKA", common::SMALL_FETCHES)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

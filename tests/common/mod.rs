@@ -184,6 +184,12 @@ pub fn field<T: std::str::FromStr>(text: &str, name: &str) -> T {
         .unwrap_or_else(|_| panic!("{name} is not a number in {text}"))
 }
 
+/// `RIDEPULSE_LIBRDKAFKA` for a job a test means to kill mid-stream: fetches of 2 KB, so a
+/// small topic is read in many rounds and minutes close (and checkpoints advance) while the
+/// job reads. Tansu ignores `max.partition.fetch.bytes` but honours `fetch.max.bytes`
+/// (librdkafka wants `message.max.bytes`, and so `batch.size`, no larger).
+pub const SMALL_FETCHES: &str = "fetch.max.bytes=2048,message.max.bytes=2048,batch.size=2048";
+
 /// Malformed lines mixed into [`dataset`]: invalid JSON, missing fields, wrong shape,
 /// unknown event type.
 pub const MALFORMED_LINES: [&str; 4] = [
