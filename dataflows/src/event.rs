@@ -16,6 +16,8 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use crate::event_scan::{self, RawPoint, ScannedEvent};
+
 /// The longest `ride_id`, `city`, `user_id` or `driver_id` accepted, in bytes (SPEC §2).
 pub const MAX_TEXT_BYTES: usize = 256;
 /// The largest `estimated_fare` accepted (SPEC §2); fares are never negative.
@@ -100,6 +102,14 @@ impl Timestamp {
                 "`{text}` is not ISO-8601 (expected e.g. 2026-11-23T10:00:01.250Z)"
             )));
         }
+        if let Some(millis) = utc_millis(text.as_bytes()) {
+            return Ok(Timestamp(millis));
+        }
+        Timestamp::parse_with_chrono(text)
+    }
+
+    /// The general reading of a string of [`iso_shape`], by chrono.
+    fn parse_with_chrono(text: &str) -> Result<Timestamp, TimestampError> {
         if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
             return Ok(Timestamp(dt.timestamp_millis()));
         }
@@ -172,6 +182,66 @@ fn iso_shape(text: &[u8]) -> bool {
         [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
         _ => false,
     }
+}
+
+/// The common form, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, read without chrono (whose RFC 3339
+/// parser was most of the time spent on a timestamp); `None` for any other form, or a field
+/// out of range (chrono then gives the verdict). Sub-millisecond digits are truncated.
+fn utc_millis(text: &[u8]) -> Option<i64> {
+    if text.len() < 20 || text[10] != b'T' || text[text.len() - 1] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| {
+        text[range].iter().try_fold(0i64, |n, b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || !(1..=month_days[month as usize - 1]).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let fraction = &text[19..text.len() - 1];
+    let millis = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let mut millis = 0;
+            for place in 0..3 {
+                let digit = digits.get(place).copied().unwrap_or(b'0');
+                millis = millis * 10 + i64::from(digit.checked_sub(b'0').filter(|d| *d < 10)?);
+            }
+            millis
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 /// Why a timestamp string was refused.
@@ -558,6 +628,28 @@ struct RawRideEvent<'a> {
     dropoff: Lenient<GeoPoint>,
 }
 
+impl<'a> From<ScannedEvent<'a>> for RawRideEvent<'a> {
+    fn from(event: ScannedEvent<'a>) -> Self {
+        let point = |point: Option<RawPoint>| {
+            Lenient(point.and_then(|p| {
+                let (lat, lng) = p.lat_lng();
+                geo_point(lat, lng)
+            }))
+        };
+        RawRideEvent {
+            event_type: event.event_type.map(Cow::Borrowed),
+            ride_id: event.ride_id.map(Cow::Borrowed),
+            timestamp: event.timestamp.map(Cow::Borrowed),
+            city: event.city.map(Cow::Borrowed),
+            estimated_fare: Lenient(event.estimated_fare),
+            user_id: event.user_id.map(Cow::Borrowed),
+            driver_id: Lenient(event.driver_id.map(Cow::Borrowed)),
+            pickup: point(event.pickup),
+            dropoff: point(event.dropoff),
+        }
+    }
+}
+
 /// serde_json's message without its "at line 1 column 193" suffix: the field is named anyway.
 fn without_position(error: &serde_json::Error) -> String {
     let text = error.to_string();
@@ -632,7 +724,17 @@ fn read_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, EventError>
 impl RideEvent {
     /// Parses and validates one `ride-events` message value.
     pub fn parse(bytes: &[u8]) -> Result<RideEvent, EventError> {
-        let raw: RawRideEvent = read_object(bytes)?;
+        // The common shape in one pass (see `event_scan`); serde for anything else.
+        let scanned = std::str::from_utf8(bytes).ok().and_then(event_scan::scan);
+        let raw: RawRideEvent = match scanned {
+            Some(scanned) => RawRideEvent::from(scanned),
+            None => read_object(bytes)?,
+        };
+        RideEvent::validate(raw)
+    }
+
+    /// The contract's checks on the fields as read.
+    fn validate(raw: RawRideEvent<'_>) -> Result<RideEvent, EventError> {
         let event_type = match raw.event_type {
             None => return Err(EventError::Missing("event_type")),
             Some(text) => EventType::parse(&text)
@@ -1187,6 +1289,247 @@ mod tests {
             fn a_valid_event_survives_serialize_then_parse(event in event()) {
                 let parsed = RideEvent::parse(event.to_json().as_bytes()).unwrap();
                 prop_assert_eq!(parsed, event);
+            }
+        }
+    }
+
+    /// The common timestamp form read without chrono gives chrono's instant, and is taken.
+    mod timestamps {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn the_common_form_reads_as_chrono_reads_it(
+                date in (0u32..10_000, 0u32..14, 0u32..33),
+                time in (0u32..25, 0u32..61, 0u32..62),
+                fraction in "(\\.[0-9]{0,11})?",
+                t in proptest::sample::select(vec!["T", "t", " "]),
+                z in proptest::sample::select(vec!["Z", "z", "", "+00:00"]),
+            ) {
+                let text = format!(
+                    "{:04}-{:02}-{:02}{t}{:02}:{:02}:{:02}{fraction}{z}",
+                    date.0, date.1, date.2, time.0, time.1, time.2
+                );
+                let fast = utc_millis(text.as_bytes());
+                let chrono = Timestamp::parse_with_chrono(&text);
+                if let Some(millis) = fast {
+                    prop_assert_eq!(Ok(Timestamp(millis)), chrono.clone(), "{}", text);
+                }
+                prop_assert_eq!(Timestamp::parse(&text), chrono.clone(), "{}", text);
+                // Every valid time of the common form takes the fast path.
+                let common = t == "T"
+                    && z == "Z"
+                    && time.2 < 60
+                    && fraction.len() != 1
+                    && fraction.len() <= 10;
+                prop_assert_eq!(fast.is_some(), common && chrono.is_ok(), "{}", text);
+            }
+        }
+    }
+
+    /// The one-pass scanner (`event_scan`) against serde, the reference: on any message,
+    /// `RideEvent::parse` gives what serde alone gives, result or error.
+    mod fast_path {
+        use super::super::*;
+        use super::VALID;
+        use proptest::prelude::*;
+
+        /// What serde alone makes of a message.
+        fn with_serde(bytes: &[u8]) -> Result<RideEvent, EventError> {
+            RideEvent::validate(read_object(bytes)?)
+        }
+
+        /// JSON values of every kind the fields meet, well-formed or not.
+        const VALUES: &[&str] = &[
+            r#""requested""#,
+            r#""completed""#,
+            r#""ride-1""#,
+            r#""Košice""#,
+            r#""user-1""#,
+            r#""2026-11-23T10:00:01.250Z""#,
+            r#""2026-11-23 10:00:01""#,
+            r#""""#,
+            r#""  ""#,
+            r#""a\"b""#,
+            r#""\u00e9""#,
+            "\"tab\there\"",
+            r#""ride-1"#,
+            "8.50",
+            "0",
+            "-0",
+            "-0.0",
+            "12",
+            "-3.5",
+            "1e3",
+            "2E-2",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "12345678901234567890",
+            "3.14159265358979323846264",
+            "999999.999999",
+            "1000000.0000001",
+            "48.1486",
+            "-180.0",
+            "null",
+            "true",
+            "false",
+            "nul",
+            "[1, 2]",
+            "[]",
+            r#"{"lat": 48.1486, "lng": 17.1077}"#,
+            r#"{"lat":1,"lon":2}"#,
+            r#"{"lat": 1, "lng": 2, "lat": "x"}"#,
+            r#"{"lat": 1, "lng": 2, "lon": 3}"#,
+            r#"{"lat": 91, "lng": 0}"#,
+            r#"{"lat": 1}"#,
+            "{}",
+            r#"{"lat": {"a": 1}, "lng": 2}"#,
+            r#"{"lat": 1, "lng": [2]}"#,
+            r#"{"la\u0074": 1, "lng": 2}"#,
+            r#"{"lat": 1 "lng": 2}"#,
+        ];
+
+        const KEYS: &[&str] = &[
+            "event_type",
+            "ride_id",
+            "timestamp",
+            "city",
+            "estimated_fare",
+            "user_id",
+            "driver_id",
+            "pickup",
+            "dropoff",
+            "estimatedFare",
+            "extra",
+        ];
+
+        /// A key repeated or escaped: serde's (a duplicate field, an unescaped `city`).
+        const MORE_KEYS: &[&str] = &[
+            "event_type",
+            "city",
+            "user_id",
+            "pickup",
+            "extra",
+            "cit\\u0079",
+        ];
+
+        /// Between tokens: mostly nothing or a space; rarely other JSON whitespace, or form
+        /// feed, which is not (a blank is drawn at several places in every member, so an
+        /// even draw would send nearly every message to serde).
+        fn blank() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                12 => Just(""),
+                6 => Just(" "),
+                1 => proptest::sample::select(&["\n ", "\t", "\r\n", "\u{c}"][..]),
+            ]
+        }
+
+        /// A typical field's value, so that most messages are valid and take the fast path.
+        fn typical(key: &str) -> &'static str {
+            match key {
+                "event_type" => r#""requested""#,
+                "ride_id" => r#""ride-1""#,
+                "timestamp" => r#""2026-11-23T10:00:01.250Z""#,
+                "city" => r#""bratislava""#,
+                "estimated_fare" => "8.5",
+                "user_id" => r#""user-1""#,
+                "driver_id" => r#""driver-1""#,
+                "pickup" | "dropoff" => r#"{"lat": 48.1486, "lng": 17.1077}"#,
+                _ => "1",
+            }
+        }
+
+        fn member(key: &'static str) -> impl Strategy<Value = String> {
+            (
+                proptest::option::weighted(0.08, proptest::sample::select(VALUES)),
+                blank(),
+                blank(),
+            )
+                .prop_map(move |(value, b1, b2)| {
+                    let value = value.unwrap_or_else(|| typical(key));
+                    format!("{b1}\"{key}\"{b2}:{b1}{value}")
+                })
+        }
+
+        /// Distinct keys in any order, now and then one more from [`MORE_KEYS`].
+        fn message() -> impl Strategy<Value = String> {
+            let keys = proptest::sample::subsequence(KEYS.to_vec(), 0..=KEYS.len()).prop_shuffle();
+            let members = keys.prop_flat_map(|keys| {
+                let members: Vec<_> = keys.into_iter().map(member).collect();
+                let more = proptest::sample::select(MORE_KEYS).prop_flat_map(member);
+                (members, proptest::option::weighted(0.15, more))
+            });
+            (
+                members,
+                blank(),
+                prop_oneof![8 => Just(""), 1 => proptest::sample::select(&["x", "}", ","][..])],
+            )
+                .prop_map(|((mut members, again), b, tail)| {
+                    members.extend(again);
+                    format!("{b}{{{}}}{b}{tail}", members.join(","))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn the_scanner_reads_what_serde_reads(text in message()) {
+                prop_assert_eq!(RideEvent::parse(text.as_bytes()), with_serde(text.as_bytes()), "{}", text);
+            }
+        }
+
+        /// The comparison above means something only if many of its messages take the
+        /// fast path (and many do not).
+        #[test]
+        fn the_generated_messages_exercise_both_paths() {
+            use proptest::strategy::ValueTree;
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            let fast = (0..1000)
+                .filter(|_| {
+                    let text = message().new_tree(&mut runner).unwrap().current();
+                    crate::event_scan::scan(&text).is_some()
+                })
+                .count();
+            assert!(
+                (300..=900).contains(&fast),
+                "{fast} of 1000 took the fast path"
+            );
+        }
+
+        /// The fast path is taken for the messages the job meets most (were it not, that
+        /// would be a silent slowdown, not an error), and not for what it leaves to serde.
+        #[test]
+        fn the_common_shapes_take_the_fast_path() {
+            let full = r#"{"event_type":"completed","ride_id":"ride-9","timestamp":"2026-11-23T10:00:01.250Z","city":"london","estimated_fare":12.75,"user_id":"user-london-1","driver_id":"driver-3","pickup":{"lat":51.5,"lng":-0.12},"dropoff":{"lat":51.51,"lng":-0.13}}"#;
+            let sparse = r#"{"event_type": "accepted", "estimated_fare": null, "driver_id": null}"#;
+            for text in [VALID, full, sparse] {
+                let scanned = crate::event_scan::scan(text).expect(text);
+                assert!(scanned.event_type.is_some());
+                assert_eq!(
+                    RideEvent::parse(text.as_bytes()),
+                    with_serde(text.as_bytes()),
+                    "{text}"
+                );
+            }
+            // The sign of a zero fare too, which `==` on the events cannot see.
+            for number in ["-0", "-0.0", "0", "0.1", "8.50", "999999.999999"] {
+                let text = format!(r#"{{"estimated_fare": {number}}}"#);
+                let fast = crate::event_scan::scan(&text).unwrap().estimated_fare;
+                let serde: f64 = serde_json::from_str(number).unwrap();
+                assert_eq!(fast.map(f64::to_bits), Some(serde.to_bits()), "{number}");
+            }
+            for text in [
+                r#"{"city": "a\"b"}"#,
+                r#"{"x": [1]}"#,
+                r#"{"estimated_fare": 1e3}"#,
+                r#"{"city": 1}"#,
+                r#"{"city": "a", "city": "b"}"#,
+            ] {
+                assert_eq!(crate::event_scan::scan(text), None, "{text}");
             }
         }
     }

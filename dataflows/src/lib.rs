@@ -22,7 +22,8 @@
 //!
 //! A tour:
 //! - [`event`]: ride events and driver locations exactly as SPEC §2 defines them, with
-//!   parsing that names the field at fault (the text goes into dead-letter headers).
+//!   parsing that names the field at fault (the text goes into dead-letter headers);
+//!   `event_scan` reads the common shape of a ride event in one pass.
 //! - [`watermark`]: per-partition event-time clocks: lateness and the watermark (SPEC §3).
 //! - [`partitioned_source`]: the source over in-memory partitions, and [`partitioned_source::EventStamper`],
 //!   the emission rule every source shares.
@@ -44,6 +45,7 @@
 pub mod city_metrics;
 mod entity_key;
 pub mod event;
+mod event_scan;
 mod latest_state;
 pub mod metrics_row;
 pub mod minute_row;
