@@ -93,7 +93,14 @@ impl Timestamp {
     /// between date and time and any number of fractional digits. Sub-millisecond digits
     /// are truncated.
     pub fn parse(text: &str) -> Result<Timestamp, TimestampError> {
-        let text = text.trim();
+        // Nothing to trim when both ends are visible ASCII (the usual case; `trim` looks
+        // for Unicode whitespace).
+        let text = match (text.as_bytes().first(), text.as_bytes().last()) {
+            (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => {
+                text
+            }
+            _ => text.trim(),
+        };
         if text.is_empty() {
             return Err(TimestampError("it is empty".into()));
         }
