@@ -670,7 +670,13 @@ fn without_position(error: &serde_json::Error) -> String {
 fn required(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, EventError> {
     match value {
         None => Err(EventError::Missing(field)),
-        Some(text) if text.trim().is_empty() => Err(EventError::Empty(field)),
+        // A visible ASCII first character is not blank: no Unicode trim needed to know.
+        Some(text)
+            if !text.as_bytes().first().is_some_and(u8::is_ascii_graphic)
+                && text.trim().is_empty() =>
+        {
+            Err(EventError::Empty(field))
+        }
         Some(text) if text.len() > MAX_TEXT_BYTES => Err(EventError::TooLong {
             field,
             bytes: text.len(),
