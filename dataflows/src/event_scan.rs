@@ -37,7 +37,8 @@ pub(crate) struct RawPoint {
 }
 
 impl RawPoint {
-    /// The point, when both coordinates are there (see `event::geo_point`).
+    /// Its coordinates, `lon` standing in for a missing `lng` (as serde's reading does);
+    /// `event::geo_point` makes the point of them.
     pub fn lat_lng(self) -> (Option<f64>, Option<f64>) {
         (self.lat, self.lng.or(self.lon))
     }
@@ -53,7 +54,8 @@ enum Value<'a> {
     Object,
 }
 
-/// The fields a ride event may carry, in the bit order of [`ScannedEvent`]'s duplicate check.
+/// The fields a ride event may carry; a field's position is its bit in [`scan`]'s check for
+/// repeated fields and its case in `Cursor::field`.
 const FIELDS: [&str; 9] = [
     "event_type",
     "ride_id",
