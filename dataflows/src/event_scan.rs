@@ -56,7 +56,7 @@ enum Value<'a> {
 
 /// The fields a ride event may carry; a field's position is its bit in [`scan`]'s check for
 /// repeated fields and its case in `Cursor::field`.
-const FIELDS: [&str; 9] = [
+pub(crate) const FIELDS: [&str; 9] = [
     "event_type",
     "ride_id",
     "timestamp",
