@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::event_scan::{self, RawPoint, ScannedEvent};
+use crate::event_scan;
 
 /// The longest `ride_id`, `city`, `user_id` or `driver_id` accepted, in bytes (SPEC §2).
 pub const MAX_TEXT_BYTES: usize = 256;
@@ -448,7 +448,8 @@ pub fn check_not_ahead(
 /// An optional field of any shape: only `Some` when it has the shape the contract names.
 /// SPEC §2: an optional field of another shape is stored as null, never a reason to
 /// dead-letter the event.
-struct Lenient<T>(Option<T>);
+#[derive(Debug, PartialEq)]
+pub(crate) struct Lenient<T>(pub(crate) Option<T>);
 
 impl<T> Default for Lenient<T> {
     fn default() -> Self {
@@ -603,7 +604,7 @@ lenient_visitor!(GeoPoint, "any JSON value", {
 });
 
 /// A point when both coordinates are finite and on the globe.
-fn geo_point(lat: Option<f64>, lng: Option<f64>) -> Option<GeoPoint> {
+pub(crate) fn geo_point(lat: Option<f64>, lng: Option<f64>) -> Option<GeoPoint> {
     let (lat, lng) = (lat?, lng?);
     (coordinate_ok(lat, 90.0) && coordinate_ok(lng, 180.0)).then_some(GeoPoint { lat, lng })
 }
@@ -613,48 +614,27 @@ fn coordinate_ok(value: f64, limit: f64) -> bool {
 }
 
 /// The wire shape before validation: everything optional so that each problem can be named.
-#[derive(Deserialize)]
-struct RawRideEvent<'a> {
+/// Read by serde, or by `event_scan` for the common shape.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub(crate) struct RawRideEvent<'a> {
     #[serde(borrow, default)]
-    event_type: Option<Cow<'a, str>>,
+    pub(crate) event_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    ride_id: Option<Cow<'a, str>>,
+    pub(crate) ride_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    timestamp: Option<Cow<'a, str>>,
+    pub(crate) timestamp: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    city: Option<Cow<'a, str>>,
+    pub(crate) city: Option<Cow<'a, str>>,
     #[serde(default)]
-    estimated_fare: Lenient<f64>,
+    pub(crate) estimated_fare: Lenient<f64>,
     #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
+    pub(crate) user_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    driver_id: Lenient<Cow<'a, str>>,
+    pub(crate) driver_id: Lenient<Cow<'a, str>>,
     #[serde(default)]
-    pickup: Lenient<GeoPoint>,
+    pub(crate) pickup: Lenient<GeoPoint>,
     #[serde(default)]
-    dropoff: Lenient<GeoPoint>,
-}
-
-impl<'a> From<ScannedEvent<'a>> for RawRideEvent<'a> {
-    fn from(event: ScannedEvent<'a>) -> Self {
-        let point = |point: Option<RawPoint>| {
-            Lenient(point.and_then(|p| {
-                let (lat, lng) = p.lat_lng();
-                geo_point(lat, lng)
-            }))
-        };
-        RawRideEvent {
-            event_type: event.event_type.map(Cow::Borrowed),
-            ride_id: event.ride_id.map(Cow::Borrowed),
-            timestamp: event.timestamp.map(Cow::Borrowed),
-            city: event.city.map(Cow::Borrowed),
-            estimated_fare: Lenient(event.estimated_fare),
-            user_id: event.user_id.map(Cow::Borrowed),
-            driver_id: Lenient(event.driver_id.map(Cow::Borrowed)),
-            pickup: point(event.pickup),
-            dropoff: point(event.dropoff),
-        }
-    }
+    pub(crate) dropoff: Lenient<GeoPoint>,
 }
 
 /// serde_json's message without its "at line 1 column 193" suffix: the field is named anyway.
@@ -739,8 +719,8 @@ impl RideEvent {
     pub fn parse(bytes: &[u8]) -> Result<RideEvent, EventError> {
         // The common shape in one pass (see `event_scan`); serde for anything else.
         let scanned = std::str::from_utf8(bytes).ok().and_then(event_scan::scan);
-        let raw: RawRideEvent = match scanned {
-            Some(scanned) => RawRideEvent::from(scanned),
+        let raw = match scanned {
+            Some(raw) => raw,
             None => read_object(bytes)?,
         };
         RideEvent::validate(raw)
@@ -1527,7 +1507,7 @@ mod tests {
             // The sign of a zero fare too, which `==` on the events cannot see.
             for number in ["-0", "-0.0", "0", "0.1", "8.50", "999999.999999"] {
                 let text = format!(r#"{{"estimated_fare": {number}}}"#);
-                let fast = crate::event_scan::scan(&text).unwrap().estimated_fare;
+                let fast = crate::event_scan::scan(&text).unwrap().estimated_fare.0;
                 let serde: f64 = serde_json::from_str(number).unwrap();
                 assert_eq!(fast.map(f64::to_bits), Some(serde.to_bits()), "{number}");
             }

@@ -7,49 +7,21 @@
 //! exactly that shape and answers `None` for anything else (an escape, a control character,
 //! an exponent, a duplicate field, a nested value where none is expected, a required field
 //! of another type, trailing text, ...), and the caller then reads the message with serde as
-//! before. So it only has to agree with serde on what it accepts, which the property test
-//! in `event.rs` checks against serde itself; every error is still serde's.
+//! before. It fills the same `RawRideEvent` serde does, so it only has to agree with serde
+//! on what it accepts, which the property test in `event.rs` checks against serde itself;
+//! every error is still serde's.
 
-/// The fields of a ride event as read, before validation (what serde's `RawRideEvent`
-/// holds, borrowed): a required field is `None` when absent or null; an optional one is
-/// `None` when absent or of another shape (SPEC §2's leniency).
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct ScannedEvent<'a> {
-    pub event_type: Option<&'a str>,
-    pub ride_id: Option<&'a str>,
-    pub timestamp: Option<&'a str>,
-    pub city: Option<&'a str>,
-    pub estimated_fare: Option<f64>,
-    pub user_id: Option<&'a str>,
-    /// Only a non-empty string.
-    pub driver_id: Option<&'a str>,
-    /// Both coordinates as read (`lon` for `lng`), not yet checked against the globe.
-    pub pickup: Option<RawPoint>,
-    pub dropoff: Option<RawPoint>,
-}
+use std::borrow::Cow;
 
-/// A `{lat, lng}` object's numeric members, as read.
-#[derive(Debug, Default, PartialEq, Clone, Copy)]
-pub(crate) struct RawPoint {
-    pub lat: Option<f64>,
-    pub lng: Option<f64>,
-    pub lon: Option<f64>,
-}
-
-impl RawPoint {
-    /// Its coordinates, `lon` standing in for a missing `lng` (as serde's reading does);
-    /// `event::geo_point` makes the point of them.
-    pub fn lat_lng(self) -> (Option<f64>, Option<f64>) {
-        (self.lat, self.lng.or(self.lon))
-    }
-}
+use crate::event::{geo_point, GeoPoint, Lenient, RawRideEvent};
 
 /// One scalar JSON value (or the start of a nested one).
 enum Value<'a> {
     Str(&'a str),
     Num(f64),
-    /// `null`, `true` or `false`: none of them is kept by any field.
-    Other,
+    Null,
+    /// `true` or `false`: no field keeps one.
+    Bool,
     /// A `{` was met (not consumed).
     Object,
 }
@@ -144,11 +116,15 @@ impl<'a> Cursor<'a> {
             b'-' | b'0'..=b'9' => Value::Num(self.number()?),
             b'{' => Value::Object,
             _ => {
-                let word = [&b"null"[..], b"true", b"false"]
-                    .into_iter()
-                    .find(|word| rest.starts_with(word))?;
+                let (word, value) = [
+                    (&b"null"[..], Value::Null),
+                    (b"true", Value::Bool),
+                    (b"false", Value::Bool),
+                ]
+                .into_iter()
+                .find(|(word, _)| rest.starts_with(word))?;
                 self.pos += word.len();
-                Value::Other
+                value
             }
         })
     }
@@ -176,33 +152,80 @@ impl<'a> Cursor<'a> {
         Some(key)
     }
 
-    /// A point object (at its `{`) with scalar members; other keys are ignored, a repeated
-    /// coordinate keeps its last value (as serde's map visitor does).
-    fn point(&mut self) -> Option<RawPoint> {
+    /// A point object (at its `{`) with scalar members, as serde's reading of it: other keys
+    /// are ignored, a repeated coordinate keeps its last value, `lon` stands in for a missing
+    /// `lng`, and a point off the globe or missing a coordinate is none.
+    fn point(&mut self) -> Option<Option<GeoPoint>> {
         self.eat(b'{')?;
-        let mut point = RawPoint::default();
+        let (mut lat, mut lng, mut lon) = (None, None, None);
         self.blank();
-        if self.peek()? == b'}' {
+        let mut more = self.peek()? != b'}';
+        if !more {
             self.pos += 1;
-            return Some(point);
         }
-        loop {
+        while more {
             let key = self.key()?;
             let number = match self.value()? {
                 Value::Num(n) => Some(n),
-                Value::Str(_) | Value::Other => None,
+                Value::Str(_) | Value::Null | Value::Bool => None,
                 Value::Object => return None,
             };
             match key {
-                "lat" => point.lat = number,
-                "lng" => point.lng = number,
-                "lon" => point.lon = number,
+                "lat" => lat = number,
+                "lng" => lng = number,
+                "lon" => lon = number,
                 _ => {}
             }
-            if !self.next_member()? {
-                return Some(point);
+            more = self.next_member()?;
+        }
+        Some(geo_point(lat, lng.or(lon)))
+    }
+
+    /// The value of field `FIELDS[index]`, into `event`.
+    fn field(&mut self, index: usize, event: &mut RawRideEvent<'a>) -> Option<()> {
+        match index {
+            // Required strings: a string or null; serde refuses any other type.
+            0..=3 | 5 => {
+                let text = match self.value()? {
+                    Value::Str(text) => Some(Cow::Borrowed(text)),
+                    Value::Null => None,
+                    _ => return None,
+                };
+                match index {
+                    0 => event.event_type = text,
+                    1 => event.ride_id = text,
+                    2 => event.timestamp = text,
+                    3 => event.city = text,
+                    _ => event.user_id = text,
+                }
+            }
+            4 => {
+                event.estimated_fare = Lenient(match self.value()? {
+                    Value::Num(fare) => Some(fare),
+                    Value::Str(_) | Value::Null | Value::Bool => None,
+                    Value::Object => return None,
+                })
+            }
+            6 => {
+                event.driver_id = Lenient(match self.value()? {
+                    Value::Str(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
+                    Value::Str(_) | Value::Num(_) | Value::Null | Value::Bool => None,
+                    Value::Object => return None,
+                })
+            }
+            _ => {
+                let point = match self.value()? {
+                    Value::Object => self.point()?,
+                    Value::Str(_) | Value::Num(_) | Value::Null | Value::Bool => None,
+                };
+                if index == 7 {
+                    event.pickup = Lenient(point);
+                } else {
+                    event.dropoff = Lenient(point);
+                }
             }
         }
+        Some(())
     }
 }
 
@@ -293,9 +316,9 @@ fn field_index(key: &str, hint: usize) -> Option<usize> {
 
 /// Reads `text` (the whole message, valid UTF-8) when it has the common shape; `None` sends
 /// the caller to serde.
-pub(crate) fn scan(text: &str) -> Option<ScannedEvent<'_>> {
+pub(crate) fn scan(text: &str) -> Option<RawRideEvent<'_>> {
     let mut cursor = Cursor { text, pos: 0 };
-    let mut event = ScannedEvent::default();
+    let mut event = RawRideEvent::default();
     cursor.eat(b'{')?;
     cursor.blank();
     let mut seen = 0u16;
@@ -318,7 +341,7 @@ pub(crate) fn scan(text: &str) -> Option<ScannedEvent<'_>> {
                 // An unknown field: any scalar is skipped; a nested value goes to serde.
                 None => match cursor.value()? {
                     Value::Object => return None,
-                    Value::Str(_) | Value::Num(_) | Value::Other => {}
+                    Value::Str(_) | Value::Num(_) | Value::Null | Value::Bool => {}
                 },
             }
             if !cursor.next_member()? {
@@ -328,55 +351,6 @@ pub(crate) fn scan(text: &str) -> Option<ScannedEvent<'_>> {
     }
     cursor.blank();
     (cursor.pos == text.len()).then_some(event)
-}
-
-impl<'a> Cursor<'a> {
-    /// The value of field `FIELDS[index]`, into `event`.
-    fn field(&mut self, index: usize, event: &mut ScannedEvent<'a>) -> Option<()> {
-        match index {
-            // Required strings: a string or null; serde refuses any other type.
-            0..=3 | 5 => {
-                let text = match self.value()? {
-                    Value::Str(text) => Some(text),
-                    Value::Other if self.text[..self.pos].ends_with("null") => None,
-                    _ => return None,
-                };
-                match index {
-                    0 => event.event_type = text,
-                    1 => event.ride_id = text,
-                    2 => event.timestamp = text,
-                    3 => event.city = text,
-                    _ => event.user_id = text,
-                }
-            }
-            4 => {
-                event.estimated_fare = match self.value()? {
-                    Value::Num(fare) => Some(fare),
-                    Value::Str(_) | Value::Other => None,
-                    Value::Object => return None,
-                }
-            }
-            6 => {
-                event.driver_id = match self.value()? {
-                    Value::Str(text) if !text.is_empty() => Some(text),
-                    Value::Str(_) | Value::Num(_) | Value::Other => None,
-                    Value::Object => return None,
-                }
-            }
-            _ => {
-                let point = match self.value()? {
-                    Value::Object => Some(self.point()?),
-                    Value::Str(_) | Value::Num(_) | Value::Other => None,
-                };
-                if index == 7 {
-                    event.pickup = point;
-                } else {
-                    event.dropoff = point;
-                }
-            }
-        }
-        Some(())
-    }
 }
 
 #[cfg(test)]
