@@ -9,7 +9,9 @@
 //!                 capability = watermark minute)
 //!                   │ SourcedEvent at time = event minute (late: at the capability)
 //!                   ├──────────────► late events
-//!                   ▼ exchange by city
+//!                   ▼ exchange by (city, rider)
+//!                 RiderPartials (per worker: its riders' counts per city and minute)
+//!                   ▼ exchange by city: one delta per city and minute per flush
 //!                 CityWindows (minute buckets; final when the frontier passes a window's
 //!                 end; updates at most once per emit interval) ──► CityMetricsRow,
 //!                 CityMinuteRow (per-minute rollups)
@@ -27,7 +29,8 @@
 //! - [`watermark`]: per-partition event-time clocks: lateness and the watermark (SPEC §3).
 //! - [`partitioned_source`]: the source over in-memory partitions, and [`partitioned_source::EventStamper`],
 //!   the emission rule every source shares.
-//! - [`city_metrics`]: the sliding-window operator.
+//! - [`city_metrics`]: the sliding windows: `window_partials` counts each worker's share of
+//!   the riders, `city_windows` sums the shares per city and makes the rows.
 //! - [`metrics_row`]: the output row of SPEC §4.
 //! - [`minute_row`]: the per-minute rollup row (`city_minutes`) the dashboards read, from
 //!   the same minute buckets as the windows.
@@ -43,6 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod city_metrics;
+mod city_windows;
 mod entity_key;
 pub mod event;
 mod event_scan;
@@ -57,3 +61,4 @@ pub mod supply_row;
 pub mod supply_rows;
 mod supply_split;
 pub mod watermark;
+mod window_partials;

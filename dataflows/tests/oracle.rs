@@ -194,6 +194,16 @@ type Run = (
 /// Runs the dataflow; returns every row emitted, the late events per city and every minute
 /// row emitted.
 fn run_all(partitions: &[Vec<RideEvent>], workers: usize, batch: usize) -> Run {
+    run_with_interval(partitions, workers, batch, Duration::from_millis(1))
+}
+
+/// [`run_all`] with the given emit interval.
+fn run_with_interval(
+    partitions: &[Vec<RideEvent>],
+    workers: usize,
+    batch: usize,
+    emit_interval: Duration,
+) -> Run {
     let rows = Arc::new(Mutex::new(Vec::new()));
     let late = Arc::new(Mutex::new(BTreeMap::new()));
     let minutes = Arc::new(Mutex::new(Vec::new()));
@@ -214,7 +224,7 @@ fn run_all(partitions: &[Vec<RideEvent>], workers: usize, batch: usize) -> Run {
             let metrics = build(
                 events,
                 &WindowConfig {
-                    emit_interval: Duration::from_millis(1),
+                    emit_interval,
                     ..WindowConfig::default()
                 },
             );
@@ -250,9 +260,27 @@ fn run(
 }
 
 fn check(seed: u64, partitions: usize, per_partition: usize, workers: usize, batch: usize) {
+    check_with_interval(
+        seed,
+        partitions,
+        per_partition,
+        workers,
+        batch,
+        Duration::from_millis(1),
+    );
+}
+
+fn check_with_interval(
+    seed: u64,
+    partitions: usize,
+    per_partition: usize,
+    workers: usize,
+    batch: usize,
+    emit_interval: Duration,
+) {
     let input = generate(seed, partitions, per_partition);
     let (expected, expected_late) = oracle(&input);
-    let (rows, late, minutes) = run_all(&input, workers, batch);
+    let (rows, late, minutes) = run_with_interval(&input, workers, batch, emit_interval);
     let what = format!("seed {seed}, {partitions} partitions, {workers} workers, batch {batch}");
 
     let finals = oracle::assert_final_rows_match(&rows, &expected, &what);
@@ -289,6 +317,16 @@ fn two_and_four_workers_match_the_oracle() {
 fn the_read_interleaving_does_not_change_the_results() {
     for batch in [1, 7, 100_000] {
         check(8, 6, 1_500, 2, batch);
+    }
+}
+
+/// Final rows follow the frontier alone: with an emit interval longer than the run, no
+/// update is due, and every count must still reach its window's final row before the
+/// frontier passes the window (across the workers' partial counts too).
+#[test]
+fn final_rows_do_not_wait_for_the_emit_interval() {
+    for (seed, workers) in [(12, 1), (13, 2), (14, 4)] {
+        check_with_interval(seed, 6, 1_000, workers, 256, Duration::from_secs(3600));
     }
 }
 

@@ -1,0 +1,404 @@
+//! The first half of the city windows: each worker counts the events of its share of the
+//! riders, per city and minute, and sends what changed to the city's worker.
+//!
+//! Window events are exchanged by (city, rider), so every worker takes an equal share of
+//! the work however skewed the cities are (London carries ~12× Košice: exchanged by city,
+//! one worker held most of the rider lookups and a second worker sped a file run up ~1.1×).
+//! A rider's events all reach the same worker, so its distinct-rider counts are exact on
+//! that worker, and the riders of two workers never overlap: the city's counts are the sums
+//! of the workers' counts. Each worker keeps, per city, a map from rider to the retained
+//! minutes it appears in (one lookup per event answers whether the rider is new to the
+//! minute and to each of its windows), and per (city, minute) the [`BucketDelta`] of events
+//! since its last flush. It flushes them to [`crate::city_windows`] at least every
+//! [`PARTIAL_FLUSH`] and always before its capability passes their minute, so the merge's
+//! input frontier passing a minute means every delta of that minute has arrived.
+//!
+//! Its output frontier is its input frontier (one capability, kept there), so the windows'
+//! finality still follows the sources' watermark exactly.
+
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::city_metrics::{window_starts, WindowConfig, WindowEvent};
+use crate::event::EventType;
+
+/// The longest a worker holds its deltas while its frontier stays: rows are emitted at most
+/// once per emit interval by the merge, and this keeps the partial step from adding a whole
+/// interval to an update's delay (a flush is one delta per city and minute touched).
+pub const PARTIAL_FLUSH: Duration = Duration::from_millis(100);
+
+/// Rider ids up to this long are kept inline.
+const INLINE_NAME: usize = 22;
+
+/// A rider's id, inline when it fits (ids such as `user-bratislava-12345` do), so a lookup
+/// compares bytes already in the map's slot rather than following a pointer per probe (the
+/// rider lookup is the window operators' largest cost), and sending it to the merge moves
+/// no heap allocation. Hashed and compared as bytes.
+#[derive(Clone, Debug)]
+pub(crate) enum RiderName {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Box<str>),
+}
+
+impl RiderName {
+    pub(crate) fn new(name: &str) -> RiderName {
+        if name.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            RiderName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            RiderName::Heap(Box::from(name))
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RiderName::Inline { len, bytes } => &bytes[..*len as usize],
+            RiderName::Heap(name) => name.as_bytes(),
+        }
+    }
+
+    /// The id as text (always valid UTF-8: it was built from a `&str`, cut only at its end).
+    pub(crate) fn to_text(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for RiderName {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for RiderName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for RiderName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RiderName {}
+
+/// Between processes a rider id travels as its text.
+impl serde::Serialize for RiderName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_text())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RiderName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(RiderName::new(&name))
+    }
+}
+
+/// Counts of one city's events in one minute: of one worker's riders since its last flush
+/// (in a [`BucketDelta`]), or of all of them (in the merge's bucket). Sums of these are
+/// exact and order-independent, so a replay gives bit-identical rows however the events
+/// were spread over workers and flushes.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Counts {
+    pub(crate) total: u64,
+    pub(crate) requests: u64,
+    pub(crate) accepted: u64,
+    pub(crate) started: u64,
+    pub(crate) completions: u64,
+    pub(crate) cancellations: u64,
+    /// The largest event time counted (ms); meaningless while `total` is 0.
+    pub(crate) max_ms: i64,
+    /// Fares summed in nanounits: integer addition is exact and order-independent.
+    pub(crate) fare_nanos: i128,
+    pub(crate) fares: u64,
+}
+
+impl Counts {
+    fn add(&mut self, e: &WindowEvent) {
+        if self.total == 0 || e.timestamp_ms > self.max_ms {
+            self.max_ms = e.timestamp_ms;
+        }
+        self.total += 1;
+        match e.event_type {
+            EventType::Requested => self.requests += 1,
+            EventType::Completed => self.completions += 1,
+            EventType::Cancelled => self.cancellations += 1,
+            EventType::Accepted => self.accepted += 1,
+            EventType::Started => self.started += 1,
+        }
+        if let Some(fare) = e.estimated_fare {
+            self.fare_nanos += (fare * 1e9).round() as i128;
+            self.fares += 1;
+        }
+    }
+
+    /// Adds another worker's (or flush's) counts of the same city and minute.
+    pub(crate) fn absorb(&mut self, other: &Counts) {
+        if other.total == 0 {
+            return;
+        }
+        if self.total == 0 || other.max_ms > self.max_ms {
+            self.max_ms = other.max_ms;
+        }
+        self.total += other.total;
+        self.requests += other.requests;
+        self.accepted += other.accepted;
+        self.started += other.started;
+        self.completions += other.completions;
+        self.cancellations += other.cancellations;
+        self.fare_nanos += other.fare_nanos;
+        self.fares += other.fares;
+    }
+}
+
+/// What one worker's riders added to one city's minute since its last flush.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct BucketDelta {
+    pub(crate) city: String,
+    pub(crate) minute: u64,
+    pub(crate) counts: Counts,
+    /// Riders new to the minute (each appears in one delta of the minute only: riders are
+    /// this worker's alone, and the worker remembers the minutes of each).
+    pub(crate) riders: Vec<RiderName>,
+    /// Per window holding the minute (in [`window_starts`] order): riders first seen in that
+    /// window by an event of this minute; a window's distinct riders are the sum of these
+    /// over its minutes and over workers (each rider is first seen in a window exactly
+    /// once). Empty when no rider was new to a window.
+    pub(crate) window_firsts: Vec<u64>,
+}
+
+/// The retained minutes a rider appears in, inline up to three (a heap vector per rider
+/// was an allocation for most events, since most are their rider's first in the minute,
+/// and a second cache miss for the rest).
+type RiderMinutes = SmallVec<[u64; 3]>;
+
+/// One city's part of a worker's state.
+#[derive(Debug, Default)]
+struct CityRiders {
+    /// This worker's riders of the city with the retained minutes they appear in; foldhash's
+    /// fast hasher (see dataflows/Cargo.toml). An event's rider is new to a window exactly
+    /// when none of its minutes is in the window, whatever order the events came in.
+    riders: HashMap<RiderName, RiderMinutes, foldhash::fast::RandomState>,
+    /// Deltas not yet flushed, by minute.
+    pending: BTreeMap<u64, BucketDelta>,
+}
+
+/// A worker's state: its riders per city, its pending deltas, and the capability they are
+/// flushed at.
+struct PartialState {
+    config: WindowConfig,
+    cities: BTreeMap<String, CityRiders>,
+    /// At the input frontier; dropped when the input is done.
+    capability: Option<Capability<u64>>,
+    /// Every window ending at or before this minute is final: new riders no longer count.
+    finalized_to: u64,
+    last_flush: Instant,
+    /// Some delta is pending.
+    pending: bool,
+}
+
+impl PartialState {
+    fn add(&mut self, e: &WindowEvent, minute: u64) {
+        let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
+        let finalized_to = self.finalized_to;
+        let city = match self.cities.get_mut(e.city.as_str()) {
+            Some(city) => city,
+            None => self.cities.entry(e.city.clone()).or_default(),
+        };
+        let delta = city.pending.entry(minute).or_insert_with(|| BucketDelta {
+            city: e.city.clone(),
+            minute,
+            counts: Counts::default(),
+            riders: Vec::new(),
+            window_firsts: Vec::new(),
+        });
+        delta.counts.add(e);
+        self.pending = true;
+        let minutes = match city.riders.get_mut(e.user_id.as_bytes()) {
+            Some(minutes) => minutes,
+            None => city.riders.entry(RiderName::new(&e.user_id)).or_default(),
+        };
+        // Most events are of a rider already in their minute: nothing more to count.
+        if minutes.contains(&minute) {
+            return;
+        }
+        for (index, start) in window_starts(minute, length, slide).enumerate() {
+            let window = start..start + length;
+            if start + length > finalized_to && !minutes.iter().any(|m| window.contains(m)) {
+                if delta.window_firsts.is_empty() {
+                    delta.window_firsts = vec![0; (length / slide) as usize];
+                }
+                delta.window_firsts[index] += 1;
+            }
+        }
+        delta.riders.push(RiderName::new(&e.user_id));
+        minutes.push(minute);
+    }
+}
+
+/// The exchange key: (city, rider) hashed with foldhash's fixed seed, so every process of a
+/// cluster (the same binary) routes alike.
+fn rider_hash(e: &WindowEvent) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one((e.city.as_str(), e.user_id.as_str()))
+}
+
+/// Per worker, the deltas of its riders' events (timely time = event minute in, the
+/// worker's frontier out).
+pub(crate) fn build<'scope>(
+    events: StreamVec<'scope, u64, WindowEvent>,
+    config: &WindowConfig,
+) -> StreamVec<'scope, u64, BucketDelta> {
+    let scope = events.scope();
+    let config = config.clone();
+    events
+        .unary_frontier(
+            Exchange::new(rider_hash),
+            "RiderPartials",
+            move |capability, info| {
+                let activator = scope.activator_for(info.address);
+                let flush_every = config.emit_interval.min(PARTIAL_FLUSH);
+                let mut state = PartialState {
+                    finalized_to: config.finalized_through,
+                    config,
+                    cities: BTreeMap::new(),
+                    capability: Some(capability),
+                    last_flush: Instant::now(),
+                    pending: false,
+                };
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        let Some(minute) = capability.least().copied() else {
+                            return;
+                        };
+                        for event in data.drain(..) {
+                            state.add(&event, minute);
+                        }
+                    });
+                    let length = state.config.length_minutes;
+                    // Everything before `done` is complete.
+                    let done = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                    let advanced = done > state.finalized_to;
+
+                    // Deltas leave before the capability passes their minute, and otherwise at
+                    // least every `flush_every`.
+                    if state.pending {
+                        let since = state.last_flush.elapsed();
+                        if advanced || since >= flush_every {
+                            if let Some(capability) = state.capability.as_ref() {
+                                let mut session = output.session(capability);
+                                for city in state.cities.values_mut() {
+                                    for (_, delta) in std::mem::take(&mut city.pending) {
+                                        session.give(delta);
+                                    }
+                                }
+                            }
+                            state.pending = false;
+                            state.last_flush = Instant::now();
+                        } else {
+                            activator.activate_after(flush_every - since);
+                        }
+                    }
+
+                    if advanced {
+                        state.finalized_to = done;
+                        // Forget the minutes no open window holds, and riders with none left.
+                        for city in state.cities.values_mut() {
+                            city.riders.retain(|_, minutes| {
+                                minutes.retain(|minute| *minute + length > done);
+                                !minutes.is_empty()
+                            });
+                        }
+                        state
+                            .cities
+                            .retain(|_, c| !c.riders.is_empty() || !c.pending.is_empty());
+                    }
+
+                    // Deltas from now on are emitted at the input frontier, or never.
+                    match frontier.frontier().first() {
+                        Some(&time) => {
+                            if let Some(capability) = state.capability.as_mut() {
+                                if time > *capability.time() {
+                                    capability.downgrade(&time);
+                                }
+                            }
+                        }
+                        None => state.capability = None,
+                    }
+                }
+            },
+        )
+        .container::<Vec<_>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Between processes a rider id goes through bincode (timely's encoding): it comes back
+    /// equal, inline or not, and hashes alike.
+    #[test]
+    fn rider_names_survive_the_exchange_encoding() {
+        for name in [
+            "",
+            "user-london-1",
+            "user-bratislava-123456",
+            &"é".repeat(30),
+        ] {
+            let rider = RiderName::new(name);
+            let bytes = bincode::serialize(&rider).unwrap();
+            let back: RiderName = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, rider);
+            assert_eq!(back.to_text(), name);
+            use std::hash::BuildHasher;
+            let hasher = foldhash::fast::FixedState::default();
+            assert_eq!(hasher.hash_one(&back), hasher.hash_one(&rider));
+        }
+    }
+
+    /// Summing deltas gives the counts of all their events, whatever the split; an empty
+    /// delta's `max_ms` (meaningless) never wins.
+    #[test]
+    fn absorbed_counts_equal_the_counts_of_all_events() {
+        let event = |ms: i64, event_type: EventType, fare: Option<f64>| WindowEvent {
+            city: "london".into(),
+            user_id: "u".into(),
+            timestamp_ms: ms,
+            event_type,
+            estimated_fare: fare,
+        };
+        let events = [
+            event(5_000, EventType::Requested, Some(12.5)),
+            event(9_000, EventType::Completed, None),
+            event(1_000, EventType::Cancelled, Some(0.1)),
+            event(3_000, EventType::Accepted, None),
+            event(2_000, EventType::Started, Some(7.25)),
+        ];
+        let mut whole = Counts::default();
+        events.iter().for_each(|e| whole.add(e));
+        assert_eq!((whole.total, whole.max_ms, whole.fares), (5, 9_000, 3));
+        for cut in 0..=events.len() {
+            let (mut first, mut second) = (Counts::default(), Counts::default());
+            events[..cut].iter().for_each(|e| first.add(e));
+            events[cut..].iter().for_each(|e| second.add(e));
+            let mut merged = Counts::default();
+            for part in [&second, &Counts::default(), &first] {
+                merged.absorb(part);
+            }
+            assert_eq!(merged, whole, "cut at {cut}");
+        }
+    }
+}
