@@ -1,7 +1,7 @@
 //! Criterion benchmark of the city-metrics dataflow on in-memory events: the engine's own
 //! speed, with no broker in the way. 200,000 simulated events in 12 partitions (by ride),
-//! through the partitioned source, the exchange by city and the window operator, with 1 and
-//! 2 worker threads.
+//! through the partitioned source and the windows (the exchange by city and rider, the
+//! per-worker counts, the exchange by city and the rows), with 1 and 2 worker threads.
 //!
 //! Run: `cargo bench --bench window_operator -- --warm-up-time 2 --measurement-time 20 --sample-size 10`
 //! (figures in the README).
