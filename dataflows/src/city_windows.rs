@@ -34,6 +34,7 @@ use timely::dataflow::StreamVec;
 
 use crate::city_metrics::{window_index, window_starts, WindowConfig};
 use crate::event::Timestamp;
+use crate::frontier_capability;
 use crate::metrics_row::{final_version, CityMetricsRow};
 use crate::minute_row::CityMinuteRow;
 use crate::window_partials::{BucketDelta, Counts, RiderName};
@@ -326,16 +327,10 @@ pub(crate) fn build<'scope>(
                     }
 
                     // Rows from now on are emitted at the input frontier, or never.
-                    match frontier.frontier().first() {
-                        Some(&time) => {
-                            if let Some(capability) = state.capability.as_mut() {
-                                if time > *capability.time() {
-                                    capability.downgrade(&time);
-                                }
-                            }
-                        }
-                        None => state.capability = None,
-                    }
+                    frontier_capability::follow(
+                        &mut state.capability,
+                        frontier.frontier().first().copied(),
+                    );
                 }
             },
         )

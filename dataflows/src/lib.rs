@@ -43,6 +43,8 @@
 //! - [`supply_row`]: the output row of SPEC §5.
 //! - [`split`]: one stream into two, each record moved once (the sources' outputs into
 //!   views and sinks, on-time and late events).
+//! - `frontier_capability`: the rule the window and supply-row operators share for their
+//!   one capability (it follows the input frontier, so finality follows the watermark).
 #![deny(missing_docs)]
 
 pub mod city_metrics;
@@ -50,6 +52,7 @@ mod city_windows;
 mod entity_key;
 pub mod event;
 mod event_scan;
+mod frontier_capability;
 mod latest_state;
 pub mod metrics_row;
 pub mod minute_row;

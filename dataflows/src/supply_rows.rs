@@ -18,6 +18,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::frontier_capability;
 use crate::supply::SupplyConfig;
 use crate::supply_live::LiveReport;
 use crate::supply_row::{CitySupplyRow, SupplyCounts};
@@ -213,16 +214,7 @@ pub(crate) fn build<'scope>(
                         .iter()
                         .filter_map(|f| f.frontier().first().copied())
                         .min();
-                    match frontier {
-                        Some(time) => {
-                            if let Some(capability) = state.capability.as_mut() {
-                                if time > *capability.time() {
-                                    capability.downgrade(&time);
-                                }
-                            }
-                        }
-                        None => state.capability = None,
-                    }
+                    frontier_capability::follow(&mut state.capability, frontier);
                 }
             },
         )

@@ -27,6 +27,7 @@ use timely::dataflow::StreamVec;
 
 use crate::city_metrics::{window_starts, WindowConfig, WindowEvent};
 use crate::event::EventType;
+use crate::frontier_capability;
 
 /// The longest a worker holds its deltas while its frontier stays: rows are emitted at most
 /// once per emit interval by the merge, and this keeps the partial step from adding a whole
@@ -328,16 +329,10 @@ pub(crate) fn build<'scope>(
                     }
 
                     // Deltas from now on are emitted at the input frontier, or never.
-                    match frontier.frontier().first() {
-                        Some(&time) => {
-                            if let Some(capability) = state.capability.as_mut() {
-                                if time > *capability.time() {
-                                    capability.downgrade(&time);
-                                }
-                            }
-                        }
-                        None => state.capability = None,
-                    }
+                    frontier_capability::follow(
+                        &mut state.capability,
+                        frontier.frontier().first().copied(),
+                    );
                 }
             },
         )
