@@ -32,7 +32,7 @@ use crate::frontier_capability;
 /// The longest a worker holds its deltas while its frontier stays: rows are emitted at most
 /// once per emit interval by the merge, and this keeps the partial step from adding a whole
 /// interval to an update's delay (a flush is one delta per city and minute touched).
-pub const PARTIAL_FLUSH: Duration = Duration::from_millis(100);
+pub(crate) const PARTIAL_FLUSH: Duration = Duration::from_millis(100);
 
 /// Rider ids up to this long are kept inline.
 const INLINE_NAME: usize = 22;
@@ -97,7 +97,7 @@ impl Eq for RiderName {}
 /// Between processes a rider id travels as its text.
 impl serde::Serialize for RiderName {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_text())
+        serializer.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
@@ -207,8 +207,6 @@ struct PartialState {
     /// Every window ending at or before this minute is final: new riders no longer count.
     finalized_to: u64,
     last_flush: Instant,
-    /// Some delta is pending.
-    pending: bool,
 }
 
 impl PartialState {
@@ -227,7 +225,6 @@ impl PartialState {
             window_firsts: Vec::new(),
         });
         delta.counts.add(e);
-        self.pending = true;
         let minutes = match city.riders.get_mut(e.user_id.as_bytes()) {
             Some(minutes) => minutes,
             None => city.riders.entry(RiderName::new(&e.user_id)).or_default(),
@@ -278,7 +275,6 @@ pub(crate) fn build<'scope>(
                     cities: BTreeMap::new(),
                     capability: Some(capability),
                     last_flush: Instant::now(),
-                    pending: false,
                 };
                 move |(input, frontier), output| {
                     input.for_each(|capability, data| {
@@ -296,7 +292,7 @@ pub(crate) fn build<'scope>(
 
                     // Deltas leave before the capability passes their minute, and otherwise at
                     // least every `flush_every`.
-                    if state.pending {
+                    if state.cities.values().any(|c| !c.pending.is_empty()) {
                         let since = state.last_flush.elapsed();
                         if advanced || since >= flush_every {
                             if let Some(capability) = state.capability.as_ref() {
@@ -307,7 +303,6 @@ pub(crate) fn build<'scope>(
                                     }
                                 }
                             }
-                            state.pending = false;
                             state.last_flush = Instant::now();
                         } else {
                             activator.activate_after(flush_every - since);
