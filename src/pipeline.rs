@@ -64,6 +64,7 @@ use crate::sinks::metrics::metrics_sink;
 use crate::sinks::minutes::minutes_sink;
 use crate::sinks::supply::supply_sink;
 use crate::source::file::{file_source, FileSourceConfig};
+use crate::source::line_chunks::LineChunks;
 use crate::source::{IngestProgress, Resume, SourceCounters, SourceShared};
 
 /// How to run the job.
@@ -395,6 +396,13 @@ pub fn run<W: Write + Send + 'static>(
         board_offset: workers,
         ..files.clone()
     };
+    // One reading position per file source, shared by the process's workers.
+    let ride_lines = Arc::new(LineChunks::new(files.files.clone(), partitions, workers));
+    let location_lines = Arc::new(LineChunks::new(
+        location_files.files.clone(),
+        location_partitions,
+        workers,
+    ));
     let timely_config = options
         .layout
         .timely_config(options.process)
@@ -410,14 +418,19 @@ pub fn run<W: Write + Send + 'static>(
         let location_progress = Rc::new(RefCell::new(IngestProgress::default()));
         worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
             let ingested = if from_files {
-                file_source::<RideEvent>(scope, &files, shared)
+                file_source::<RideEvent>(scope, &files, ride_lines.clone(), shared)
             } else {
                 kafka_source::<RideEvent>(scope, &source, shared, durable.clone(), progress.clone())
                     .map_err(|e| e.to_string())?
             };
             // Without supply the location files are none, so this reads nothing.
             let located = if from_files || !with_supply {
-                file_source::<DriverLocation>(scope, &location_files, location_shared)
+                file_source::<DriverLocation>(
+                    scope,
+                    &location_files,
+                    location_lines.clone(),
+                    location_shared,
+                )
             } else {
                 kafka_source::<DriverLocation>(
                     scope,

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{field, snapshot, summary_of, Namespace};
+use ridepulse::source::line_chunks::{CHUNKS_AHEAD_PER_WORKER, CHUNK_BYTES};
 
 const SUPPLY_SQL: &str = "SELECT toUnixTimestamp(minute), city, available_drivers, waiting_riders, rides_in_progress, requests, toString(version) FROM city_supply FINAL WHERE is_final = 1 ORDER BY city, minute";
 
@@ -124,46 +125,11 @@ fn files_give_the_rows_of_the_kafka_path() {
 /// the same lines read back from Kafka, where partitions are read independently.
 #[test]
 fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
-    use dataflows::event::{RideEvent, Timestamp};
-    use ridepulse::kafka::partitioner::{partition_for, ride_id_key};
-
     let kafka = Namespace::new("lagging");
     kafka.create_topics();
     kafka.migrate();
     let dir = common::temp_dir("lagging");
-    let clean = dir.join("clean.jsonl");
-    kafka.run(&[
-        "simulate",
-        "--out",
-        clean.to_str().unwrap(),
-        "--count",
-        "12000",
-        "--rate",
-        "1000",
-        "--seed",
-        "5",
-        "--start",
-        "2026-11-23T10:00:00Z",
-    ]);
-    let partitions = 12;
-    let mut shifted = 0;
-    let lines: Vec<String> = std::fs::read_to_string(&clean)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let key = ride_id_key(line.as_bytes()).map(|k| k.into_owned());
-            if partition_for(key.as_deref().map(str::as_bytes), partitions, 0) != 0 {
-                return line.to_string();
-            }
-            shifted += 1;
-            let mut event = RideEvent::parse(line.as_bytes()).unwrap();
-            event.timestamp = Timestamp(event.timestamp.millis() - 600_000);
-            event.to_json()
-        })
-        .collect();
-    assert!(shifted > 500, "{shifted}");
-    let path = dir.join("lagging.jsonl");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let path = lagging_file(&kafka, &dir, 12_000, 1_000);
     kafka.run(&["simulate", "--replay", path.to_str().unwrap()]);
     summary_of(&kafka.try_run(&["run", "--until-end", "--group", "k"]));
 
@@ -187,6 +153,101 @@ fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
     assert_eq!(field::<u64>(&via_file, "events"), 12_000, "{via_file}");
     let (want, got) = (snapshot(&kafka), snapshot(&file));
     assert!(want[0].len() > 50);
+    assert_eq!(got[0], want[0], "city_metrics FINAL");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `count` simulated rides, `per_minute` of event time, in which partition 0's events run
+/// ten minutes behind the others.
+fn lagging_file(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    count: u64,
+    per_minute: u64,
+) -> std::path::PathBuf {
+    use dataflows::event::{RideEvent, Timestamp};
+    use ridepulse::kafka::partitioner::{partition_for, ride_id_key};
+
+    let clean = dir.join("clean.jsonl");
+    ns.run(&[
+        "simulate",
+        "--out",
+        clean.to_str().unwrap(),
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &per_minute.to_string(),
+        "--seed",
+        "5",
+        "--start",
+        "2026-11-23T10:00:00Z",
+    ]);
+    let partitions = 12;
+    let mut shifted = 0;
+    let lines: Vec<String> = std::fs::read_to_string(&clean)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let key = ride_id_key(line.as_bytes()).map(|k| k.into_owned());
+            if partition_for(key.as_deref().map(str::as_bytes), partitions, 0) != 0 {
+                return line.to_string();
+            }
+            shifted += 1;
+            let mut event = RideEvent::parse(line.as_bytes()).unwrap();
+            event.timestamp = Timestamp(event.timestamp.millis() - 600_000);
+            event.to_json()
+        })
+        .collect();
+    assert!(shifted > count / 24, "{shifted}");
+    let path = dir.join("lagging.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// The same lag in a file larger than the workers may read ahead of one another (16 MiB
+/// for two workers, see `source::line_chunks`). The worker whose partitions run ahead waits
+/// for the watermark, which the lagging partition holds; its peer, owning that partition,
+/// reads on until it may read no further ahead (at 50,000 rides a minute that is about a
+/// minute of event time, far short of the lag). Then the waiting worker holds its peer back
+/// and must read on too, or each waits for the other for good. Two workers give the rows of
+/// one.
+#[test]
+fn two_workers_never_wait_on_each_other_over_a_lagging_partition() {
+    let one = Namespace::new("lagwide");
+    one.create_topics();
+    one.migrate();
+    let dir = common::temp_dir("lagwide");
+    let path = lagging_file(&one, &dir, 90_000, 50_000);
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    let window = 2 * CHUNKS_AHEAD_PER_WORKER * CHUNK_BYTES;
+    assert!(
+        size > window + window / 4,
+        "{size} bytes: not wider than the {window}-byte window"
+    );
+    let via_one =
+        summary_of(&one.try_run(&["run", "--from-file", path.to_str().unwrap(), "-w", "1"]));
+    assert_eq!(field::<u64>(&via_one, "events"), 90_000, "{via_one}");
+
+    let two = one.with(
+        "clickhouse.database",
+        &format!("{}_two", one.config.clickhouse.database),
+    );
+    two.migrate();
+    let child = two
+        .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = common::wait_or_fail(
+        child,
+        std::time::Duration::from_secs(180),
+        "two workers stalled over a lagging partition",
+    );
+    let via_two = summary_of(&output);
+    assert_eq!(field::<u64>(&via_two, "events"), 90_000, "{via_two}");
+    let (want, got) = (snapshot(&one), snapshot(&two));
+    assert!(want[0].len() > 100, "{}", want[0].len());
     assert_eq!(got[0], want[0], "city_metrics FINAL");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,14 +10,13 @@
 //! topic's partitions; see `kafka::partitioner`) and gets the next offset of that partition, so lateness is judged per partition exactly as when the
 //! same file is replayed into a fresh `ride-events` topic and read back: the engine path and
 //! the Kafka path write the same `city_metrics` rows. Lines that are not valid events become
-//! dead letters (their position is the line's), as on the Kafka path. Every worker reads the
-//! files and keeps the lines of its own partitions (`partition % workers`). There is no
-//! checkpoint: a file run starts from the top, and rows are upserted, so running it again
+//! dead letters (their position is the line's), as on the Kafka path. Each line is read
+//! and key-scanned by one worker and handled by the owner of its partition
+//! (`partition % workers`; see [`super::line_chunks`]). There is no checkpoint: a file run starts from the top, and rows are upserted, so running it again
 //! changes nothing.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::partitioned_source::EventStamper;
@@ -26,9 +25,9 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 use tracing::info;
 
+use super::line_chunks::{LineChunks, Step, WorkerLines};
 use super::pending::Pending;
 use super::{Ingested, SourceRecord, SourceShared, Stamping};
-use crate::kafka::partitioner::partition_for;
 
 /// Lines handled per activation, so other operators get to run.
 const MAX_LINES_PER_ACTIVATION: usize = 4096;
@@ -57,81 +56,6 @@ pub struct FileSourceConfig {
     pub max_drift: Duration,
 }
 
-/// Bytes read from a file at a time (lines are handed out as slices of them).
-const CHUNK_BYTES: usize = 1 << 20;
-
-/// The reading position across the files: large reads, and each line a slice of the read
-/// buffer found with `memchr`, rather than a copy per line (with two workers, each reading
-/// every line, `read_until`'s search and copy were ~7 % of a file run).
-struct Reader {
-    files: std::vec::IntoIter<PathBuf>,
-    /// The file being read; `None` before the first and after the last.
-    current: Option<File>,
-    /// Read but not yet handed out: `buf[start..end]`.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Lines read so far, over all files (the fallback partition of keyless lines).
-    lines: u64,
-}
-
-impl Reader {
-    fn new(files: Vec<PathBuf>) -> Reader {
-        Reader {
-            files: files.into_iter(),
-            current: None,
-            buf: vec![0; CHUNK_BYTES],
-            start: 0,
-            end: 0,
-            lines: 0,
-        }
-    }
-
-    /// Where the next line (without its newline) is in [`Reader::buf`], or `None` at the
-    /// end of the last file.
-    fn next_line(&mut self) -> std::io::Result<Option<std::ops::Range<usize>>> {
-        loop {
-            if let Some(at) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
-                let line = self.start..self.start + at;
-                self.start += at + 1;
-                self.lines += 1;
-                return Ok(Some(line));
-            }
-            let Some(file) = self.current.as_mut() else {
-                let Some(path) = self.files.next() else {
-                    return Ok(None);
-                };
-                let file = File::open(&path).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-                })?;
-                self.current = Some(file);
-                continue;
-            };
-            // Keep the partial line, then read more after it (a line longer than the
-            // buffer grows it).
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-            let read = file.read(&mut self.buf[self.end..])?;
-            if read > 0 {
-                self.end += read;
-                continue;
-            }
-            // The end of this file: its last line may lack a newline.
-            self.current = None;
-            if self.start < self.end {
-                let line = self.start..self.end;
-                self.start = self.end;
-                self.lines += 1;
-                return Ok(Some(line));
-            }
-        }
-    }
-}
-
 /// Watermark alignment for a file: the lines come in file order, so the whole file waits
 /// while even the slowest partition this worker reads runs more than `max_drift_ms` ahead of
 /// the job's watermark, and reads on once it is within half of that. Without it a source
@@ -145,6 +69,10 @@ impl Reader {
 /// paused partition never holds back another. (A 2,000,000-ride file, 40 minutes of event
 /// time, with its 959,520 locations, `-w 2`: peak RSS 522 MB with the default 300 s, 488 MB
 /// with `job.max_drift_secs = 60`; most of it is the supply dataflow's ten minutes of state.)
+/// A file's workers read shared chunks and run at most a few chunks apart
+/// ([`super::line_chunks`]), so a worker whose waiting would hold the others back reads on
+/// instead: otherwise the worker whose partition holds the watermark could wait on one that
+/// waits for the watermark.
 struct Alignment {
     max_drift_ms: i64,
     waiting: bool,
@@ -176,17 +104,23 @@ impl Alignment {
     }
 }
 
-/// The source for this worker. Fails the job (panics the worker with the path in the
-/// message) only if a file cannot be read.
+/// The source for this worker, reading its share of `lines` (one [`LineChunks`] for all the
+/// process's workers, over `config.files`). Fails the job (panics the worker with the path
+/// in the message) only if a file cannot be read.
 pub fn file_source<'scope, R: SourceRecord>(
     scope: Scope<'scope, u64>,
     config: &FileSourceConfig,
+    lines: Arc<LineChunks>,
     shared: SourceShared,
 ) -> StreamVec<'scope, u64, Ingested<R>> {
     let (worker, peers) = (scope.index(), scope.peers());
     let config = config.clone();
     source(scope, "FileSource", move |capability, info| {
         let activator = scope.activator_for(info.address.clone());
+        lines.register(
+            worker,
+            scope.worker().sync_activator_for(info.address.to_vec()),
+        );
         let now = Instant::now();
         // Idle partitions do not exist here: each one is finished at the end of the files.
         let mut tracker = WatermarkTracker::new(config.allowed_lateness, Duration::MAX);
@@ -197,9 +131,7 @@ pub fn file_source<'scope, R: SourceRecord>(
             tracker.add_partition(partition, now);
         }
         let mut stamper = EventStamper::new(tracker, capability);
-        let mut reader = Reader::new(config.files.clone());
-        // Per partition, the next offset.
-        let mut next_offset = vec![0i64; config.partitions as usize];
+        let mut reader = WorkerLines::new(lines, worker);
         info!(worker, partitions = ?owned, files = config.files.len(), "file source reading");
         let mut pending = Pending::new();
         let mut finished = false;
@@ -220,54 +152,42 @@ pub fn file_source<'scope, R: SourceRecord>(
                 return;
             }
             let now = Instant::now();
-            let backpressure =
-                shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS || alignment.wait(&stamper, now);
+            let backpressure = shared.writer.inflight_rows() > MAX_INFLIGHT_ROWS
+                || (alignment.wait(&stamper, now) && !reader.holds_back_others());
+            let mut starved = false;
             let mut handled = 0;
             while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
-                let line = match reader.next_line() {
-                    Ok(Some(range)) => &reader.buf[range],
-                    Ok(None) => {
+                let line = match reader.next_line::<R>() {
+                    Ok(Step::Line(line)) => line,
+                    Ok(Step::Wait) => {
+                        starved = true;
+                        break;
+                    }
+                    Ok(Step::End) => {
                         finished = true;
                         break;
                     }
                     Err(error) => panic!("the file source cannot read on: {error}"),
                 };
                 handled += 1;
-                let key = R::key_of(line);
-                let partition = partition_for(
-                    key.as_deref().map(str::as_bytes),
-                    config.partitions,
-                    reader.lines - 1,
-                );
-                let offset = next_offset[partition as usize];
-                next_offset[partition as usize] += 1;
-                if partition as usize % peers != worker {
-                    continue;
-                }
-                match R::parse(line) {
+                let (partition, offset) = (line.partition as u32, line.offset as u64);
+                match R::parse(line.bytes) {
                     Ok(record) => {
-                        let judged = stamping.judge(
-                            &mut stamper,
-                            partition as u32,
-                            offset as u64,
-                            record,
-                            now,
-                        );
+                        let judged = stamping.judge(&mut stamper, partition, offset, record, now);
                         if judged.owned {
                             let event = Ingested::Event(judged.sourced);
                             pending.push(judged.time, event, &stamper, output);
                         }
                     }
                     Err(error) => {
-                        let key = key.as_deref().map(str::as_bytes);
-                        let line_number = Some(reader.lines);
+                        let key = R::key_of(line.bytes);
                         let dead = stamping.reject(
                             &error,
-                            partition as u32,
-                            offset as u64,
-                            line_number,
-                            key,
-                            line,
+                            partition,
+                            offset,
+                            Some(line.number),
+                            key.as_deref().map(str::as_bytes),
+                            line.bytes,
                         );
                         if let Some(dead) = dead {
                             let held = *stamper.capability().expect("held while reading").time();
@@ -283,63 +203,15 @@ pub fn file_source<'scope, R: SourceRecord>(
                 }
             }
             if !stamper.advance_shared(now, &shared.board, config.board_offset + worker) {
-                info!(worker, lines = reader.lines, "file source finished");
+                info!(worker, lines = reader.lines_read(), "file source finished");
                 return;
             }
-            if backpressure {
+            // A starved worker is also woken as soon as its next share is ready.
+            if backpressure || starved {
                 activator.activate_after(Duration::from_millis(10));
             } else {
                 activator.activate();
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every line of every file, in order, whatever the buffer boundaries.
-    fn read_all(files: Vec<PathBuf>) -> Vec<Vec<u8>> {
-        let mut reader = Reader::new(files);
-        let mut lines = Vec::new();
-        while let Some(range) = reader.next_line().unwrap() {
-            lines.push(reader.buf[range].to_vec());
-        }
-        assert_eq!(reader.lines, lines.len() as u64);
-        lines
-    }
-
-    #[test]
-    fn lines_come_whole_across_reads_files_and_a_missing_last_newline() {
-        let dir = std::env::temp_dir().join(format!("ridepulse-reader-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Lines of many lengths, so some straddle each read; one longer than the buffer.
-        let mut expected: Vec<Vec<u8>> = (0..40_000)
-            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 97)).into_bytes())
-            .collect();
-        expected.insert(20_000, vec![b'y'; 3 * CHUNK_BYTES + 17]);
-        expected.insert(30_000, Vec::new());
-        let mut first = expected[..25_000].join(&b'\n');
-        first.push(b'\n');
-        let second = expected[25_000..].join(&b'\n'); // no newline at its end
-        let (a, b, empty) = (dir.join("a"), dir.join("b"), dir.join("empty"));
-        std::fs::write(&a, first).unwrap();
-        std::fs::write(&b, second).unwrap();
-        std::fs::write(&empty, b"").unwrap();
-        let lines = read_all(vec![a, empty, b]);
-        assert_eq!(lines.len(), expected.len());
-        assert!(lines == expected, "lines differ");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_missing_file_is_named() {
-        let mut reader = Reader::new(vec![PathBuf::from("/nonexistent/rides.jsonl")]);
-        let error = reader.next_line().unwrap_err();
-        assert!(
-            error.to_string().contains("/nonexistent/rides.jsonl"),
-            "{error}"
-        );
-    }
 }

@@ -11,6 +11,8 @@
 //!   checkpoint is made from, and the ingest sink's durable offsets it waits for.
 //! - [`counters`]: the counters and shared handles of a process's sources.
 //! - [`pending`]: an activation's records, sent as one container per timely time.
+//! - [`line_chunks`]: a file run's lines, each read by one worker and handed to the owner
+//!   of its partition.
 //! - [`file`]: the file source.
 //!
 //! Dependencies run one way: the sources and the ingest sink (`sinks::ingest`) import this
@@ -19,6 +21,7 @@
 pub mod checkpoint;
 pub mod counters;
 pub mod file;
+pub mod line_chunks;
 pub mod pending;
 pub mod record;
 pub mod stamp;
