@@ -133,20 +133,11 @@ fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
     kafka.run(&["simulate", "--replay", path.to_str().unwrap()]);
     summary_of(&kafka.try_run(&["run", "--until-end", "--group", "k"]));
 
-    let file = kafka.with(
-        "clickhouse.database",
-        &format!("{}_file", kafka.config.clickhouse.database),
-    );
-    file.migrate();
-    let child = file
-        .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = common::wait_or_fail(
-        child,
-        std::time::Duration::from_secs(120),
+    let (file, output) = two_worker_file_run(
+        &kafka,
+        "file",
+        &path,
+        120,
         "the file run stalled (a partition ten minutes behind the others)",
     );
     let via_file = summary_of(&output);
@@ -155,6 +146,30 @@ fn a_partition_far_behind_the_others_does_not_stall_a_file_run() {
     assert!(want[0].len() > 50);
     assert_eq!(got[0], want[0], "city_metrics FINAL");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `run --from-file path -w 2` into a fresh database (`ns`'s, with `_suffix`), failed with
+/// `stalled` if it runs longer than `limit_secs`: that database's namespace and the output.
+fn two_worker_file_run(
+    ns: &Namespace,
+    suffix: &str,
+    path: &std::path::Path,
+    limit_secs: u64,
+    stalled: &str,
+) -> (Namespace, std::process::Output) {
+    let file = ns.with(
+        "clickhouse.database",
+        &format!("{}_{suffix}", ns.config.clickhouse.database),
+    );
+    file.migrate();
+    let child = file
+        .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = common::wait_or_fail(child, std::time::Duration::from_secs(limit_secs), stalled);
+    (file, output)
 }
 
 /// `count` simulated rides, `per_minute` of event time, in which partition 0's events run
@@ -228,20 +243,11 @@ fn two_workers_never_wait_on_each_other_over_a_lagging_partition() {
         summary_of(&one.try_run(&["run", "--from-file", path.to_str().unwrap(), "-w", "1"]));
     assert_eq!(field::<u64>(&via_one, "events"), 90_000, "{via_one}");
 
-    let two = one.with(
-        "clickhouse.database",
-        &format!("{}_two", one.config.clickhouse.database),
-    );
-    two.migrate();
-    let child = two
-        .command(&["run", "--from-file", path.to_str().unwrap(), "-w", "2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = common::wait_or_fail(
-        child,
-        std::time::Duration::from_secs(180),
+    let (two, output) = two_worker_file_run(
+        &one,
+        "two",
+        &path,
+        180,
         "two workers stalled over a lagging partition",
     );
     let via_two = summary_of(&output);
