@@ -136,8 +136,6 @@ struct State {
     /// Chunks read and not yet taken by every worker: `None` while its reader splits it,
     /// then one share per worker until taken.
     slots: VecDeque<Option<Vec<Option<Share>>>>,
-    /// Chunks read so far.
-    read: u64,
     /// Whether the reader has handed out its last chunk.
     ended: bool,
     /// A read error, for every worker to fail with.
@@ -150,6 +148,16 @@ struct State {
 }
 
 impl State {
+    /// Chunks read so far.
+    fn read(&self) -> u64 {
+        self.first + self.slots.len() as u64
+    }
+
+    /// Chunks read but not yet taken by every worker.
+    fn unfinished(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
     fn wake_waiting(&mut self) {
         for (waiting, activator) in self.waiting.iter_mut().zip(&self.activators) {
             if std::mem::take(waiting) {
@@ -192,7 +200,6 @@ impl LineChunks {
                 reader: Reader::new(files, chunk_bytes),
                 first: 0,
                 slots: VecDeque::new(),
-                read: 0,
                 ended: false,
                 failed: None,
                 next: vec![0; peers],
@@ -215,9 +222,7 @@ impl LineChunks {
     /// Whether the other workers cannot read on until `worker` takes its next share.
     pub fn holds_back_others(&self, worker: usize) -> bool {
         let state = self.lock();
-        self.peers > 1
-            && state.next[worker] == state.first
-            && state.read - state.first >= self.window
+        self.peers > 1 && state.next[worker] == state.first && state.unfinished() >= self.window
     }
 
     /// `worker`'s next share: a ready one, or one it reads and splits itself (the chunk it
@@ -246,17 +251,16 @@ impl LineChunks {
                 }
                 return Ok(Next::Share(share));
             }
-            if state.ended && state.next[worker] == state.read {
+            if state.ended && state.next[worker] == state.read() {
                 return Ok(Next::End);
             }
-            if state.ended || state.read - state.first >= self.window {
+            if state.ended || state.unfinished() >= self.window {
                 state.waiting[worker] = true;
                 return Ok(Next::Wait);
             }
-            let number = state.read;
+            let number = state.read();
             match state.reader.next_chunk() {
                 Ok(Some(chunk)) => {
-                    state.read += 1;
                     state.slots.push_back(None);
                     drop(state);
                     let shares = split::<R>(chunk, self.partitions, self.peers);
