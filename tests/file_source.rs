@@ -219,7 +219,7 @@ fn lagging_file(
     path
 }
 
-/// The same lag in a file larger than the workers may read ahead of one another (16 MiB
+/// The same lag in a file larger than the workers may read ahead of one another (8 MiB
 /// for two workers, see `source::line_chunks`). The worker whose partitions run ahead waits
 /// for the watermark, which the lagging partition holds; its peer, owning that partition,
 /// reads on until it may read no further ahead (at 50,000 rides a minute that is about a
