@@ -718,7 +718,9 @@ impl RideEvent {
     /// Parses and validates one `ride-events` message value.
     pub fn parse(bytes: &[u8]) -> Result<RideEvent, EventError> {
         // The common shape in one pass (see `event_scan`); serde for anything else.
-        let scanned = std::str::from_utf8(bytes).ok().and_then(event_scan::scan);
+        let scanned = simdutf8::basic::from_utf8(bytes)
+            .ok()
+            .and_then(event_scan::scan);
         let raw = match scanned {
             Some(raw) => raw,
             None => read_object(bytes)?,
