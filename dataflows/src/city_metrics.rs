@@ -26,6 +26,7 @@ use timely::dataflow::StreamVec;
 
 use crate::city_windows::{self, Emitted};
 use crate::event::{EventType, RideEvent, Timestamp};
+use crate::inline_name::InlineName;
 use crate::metrics_row::CityMetricsRow;
 use crate::minute_row::CityMinuteRow;
 use crate::partitioned_source::SourcedEvent;
@@ -78,12 +79,13 @@ pub struct CityMetrics<'scope> {
 
 /// What the windows need of an on-time event, and all that crosses the exchange: a
 /// `SourcedEvent` is ~190 bytes (its ride, driver and coordinates too), moved once more
-/// into the exchange's buffers and once out of them per event; this is ~80, and the ride's
-/// other strings are freed by the worker that allocated them.
+/// into the exchange's buffers and once out of them per event; this is ~80, with no heap:
+/// its city and rider are copied inline, so the ride's strings are all freed by the worker
+/// that allocated them (a free on another thread is the allocator's slow path).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WindowEvent {
-    pub(crate) city: String,
-    pub(crate) user_id: String,
+    pub(crate) city: InlineName,
+    pub(crate) rider: InlineName,
     /// Event time (ms).
     pub(crate) timestamp_ms: i64,
     pub(crate) event_type: EventType,
@@ -93,8 +95,8 @@ pub(crate) struct WindowEvent {
 impl WindowEvent {
     fn of(event: RideEvent) -> WindowEvent {
         WindowEvent {
-            city: event.city,
-            user_id: event.user_id,
+            city: InlineName::new(&event.city),
+            rider: InlineName::new(&event.user_id),
             timestamp_ms: event.timestamp.millis(),
             event_type: event.event_type,
             estimated_fare: event.estimated_fare,

@@ -35,9 +35,10 @@ use timely::dataflow::StreamVec;
 use crate::city_metrics::{window_index, window_starts, WindowConfig};
 use crate::event::Timestamp;
 use crate::frontier_capability;
+use crate::inline_name::InlineName;
 use crate::metrics_row::{final_version, CityMetricsRow};
 use crate::minute_row::CityMinuteRow;
-use crate::window_partials::{BucketDelta, Counts, RiderName};
+use crate::window_partials::{BucketDelta, Counts};
 
 /// What the operator emits: both kinds of rows at the same capability.
 #[derive(Clone, Debug)]
@@ -57,7 +58,7 @@ struct Bucket {
     /// than inserting each of its windows into a set.
     windows_dirty: bool,
     /// Its distinct riders (the workers' riders are disjoint).
-    riders: Vec<RiderName>,
+    riders: Vec<InlineName>,
     /// Per window holding this minute (in [`window_starts`] order): the riders first seen
     /// in that window by an event of this minute, summed over workers.
     window_firsts: Vec<u64>,
@@ -130,7 +131,7 @@ impl WindowState {
 
     /// The rollup row of one minute bucket.
     fn minute_row(minute: u64, city: &str, bucket: &Bucket, is_final: bool) -> CityMinuteRow {
-        let mut riders: Vec<String> = bucket.riders.iter().map(RiderName::to_text).collect();
+        let mut riders: Vec<String> = bucket.riders.iter().map(InlineName::to_text).collect();
         riders.sort_unstable();
         let counts = &bucket.counts;
         CityMinuteRow {

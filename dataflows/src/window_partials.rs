@@ -28,85 +28,12 @@ use timely::dataflow::StreamVec;
 use crate::city_metrics::{window_starts, WindowConfig, WindowEvent};
 use crate::event::EventType;
 use crate::frontier_capability;
+use crate::inline_name::InlineName;
 
 /// The longest a worker holds its deltas while its frontier stays: rows are emitted at most
 /// once per emit interval by the merge, and this keeps the partial step from adding a whole
 /// interval to an update's delay (a flush is one delta per city and minute touched).
 pub(crate) const PARTIAL_FLUSH: Duration = Duration::from_millis(100);
-
-/// Rider ids up to this long are kept inline.
-const INLINE_NAME: usize = 22;
-
-/// A rider's id, inline when it fits (ids such as `user-bratislava-12345` do), so a lookup
-/// compares bytes already in the map's slot rather than following a pointer per probe (the
-/// rider lookup is the window operators' largest cost), and sending it to the merge moves
-/// no heap allocation. Hashed and compared as bytes.
-#[derive(Clone, Debug)]
-pub(crate) enum RiderName {
-    Inline { len: u8, bytes: [u8; INLINE_NAME] },
-    Heap(Box<str>),
-}
-
-impl RiderName {
-    pub(crate) fn new(name: &str) -> RiderName {
-        if name.len() <= INLINE_NAME {
-            let mut bytes = [0; INLINE_NAME];
-            bytes[..name.len()].copy_from_slice(name.as_bytes());
-            RiderName::Inline {
-                len: name.len() as u8,
-                bytes,
-            }
-        } else {
-            RiderName::Heap(Box::from(name))
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            RiderName::Inline { len, bytes } => &bytes[..*len as usize],
-            RiderName::Heap(name) => name.as_bytes(),
-        }
-    }
-
-    /// The id as text (always valid UTF-8: it was built from a `&str`, cut only at its end).
-    pub(crate) fn to_text(&self) -> String {
-        String::from_utf8_lossy(self.as_bytes()).into_owned()
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for RiderName {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl std::hash::Hash for RiderName {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for RiderName {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for RiderName {}
-
-/// Between processes a rider id travels as its text.
-impl serde::Serialize for RiderName {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for RiderName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        Ok(RiderName::new(&name))
-    }
-}
 
 /// Counts of one city's events in one minute: of one worker's riders since its last flush
 /// (in a [`BucketDelta`]), or of all of them (in the merge's bucket). Sums of these are
@@ -173,7 +100,7 @@ pub(crate) struct BucketDelta {
     pub(crate) counts: Counts,
     /// Riders new to the minute (each appears in one delta of the minute only: riders are
     /// this worker's alone, and the worker remembers the minutes of each).
-    pub(crate) riders: Vec<RiderName>,
+    pub(crate) riders: Vec<InlineName>,
     /// Per window holding the minute (in [`window_starts`] order): riders first seen in that
     /// window by an event of this minute; a window's distinct riders are the sum of these
     /// over its minutes and over workers (each rider is first seen in a window exactly
@@ -181,10 +108,18 @@ pub(crate) struct BucketDelta {
     pub(crate) window_firsts: Vec<u64>,
 }
 
-/// The retained minutes a rider appears in, inline up to three (a heap vector per rider
+/// The retained minutes a rider appears in, inline up to four (a heap vector per rider
 /// was an allocation for most events, since most are their rider's first in the minute,
-/// and a second cache miss for the rest).
-type RiderMinutes = SmallVec<[u64; 3]>;
+/// and a second cache miss for the rest). Minutes since the epoch as `u32`: every minute of
+/// a four-digit year fits (9999-12-31T23:59 is minute 4,223,371,679), and the map's slot
+/// is 48 bytes rather than 56.
+type RiderMinutes = SmallVec<[u32; 4]>;
+
+/// A window event's minute as kept in [`RiderMinutes`] (saturating: no valid event time
+/// reaches `u32::MAX`).
+fn short_minute(minute: u64) -> u32 {
+    u32::try_from(minute).unwrap_or(u32::MAX)
+}
 
 /// One city's part of a worker's state.
 #[derive(Debug, Default)]
@@ -192,7 +127,7 @@ struct CityRiders {
     /// This worker's riders of the city with the retained minutes they appear in; foldhash's
     /// fast hasher (see dataflows/Cargo.toml). An event's rider is new to a window exactly
     /// when none of its minutes is in the window, whatever order the events came in.
-    riders: HashMap<RiderName, RiderMinutes, foldhash::fast::RandomState>,
+    riders: HashMap<InlineName, RiderMinutes, foldhash::fast::RandomState>,
     /// Deltas not yet flushed, by minute.
     pending: BTreeMap<u64, BucketDelta>,
 }
@@ -201,7 +136,7 @@ struct CityRiders {
 /// flushed at.
 struct PartialState {
     config: WindowConfig,
-    cities: BTreeMap<String, CityRiders>,
+    cities: BTreeMap<InlineName, CityRiders>,
     /// At the input frontier; dropped when the input is done.
     capability: Option<Capability<u64>>,
     /// Every window ending at or before this minute is final: new riders no longer count.
@@ -213,37 +148,40 @@ impl PartialState {
     fn add(&mut self, e: &WindowEvent, minute: u64) {
         let (length, slide) = (self.config.length_minutes, self.config.slide_minutes);
         let finalized_to = self.finalized_to;
-        let city = match self.cities.get_mut(e.city.as_str()) {
+        let city = match self.cities.get_mut(&e.city) {
             Some(city) => city,
             None => self.cities.entry(e.city.clone()).or_default(),
         };
         let delta = city.pending.entry(minute).or_insert_with(|| BucketDelta {
-            city: e.city.clone(),
+            city: e.city.to_text(),
             minute,
             counts: Counts::default(),
             riders: Vec::new(),
             window_firsts: Vec::new(),
         });
         delta.counts.add(e);
-        let minutes = match city.riders.get_mut(e.user_id.as_bytes()) {
+        let minutes = match city.riders.get_mut(&e.rider) {
             Some(minutes) => minutes,
-            None => city.riders.entry(RiderName::new(&e.user_id)).or_default(),
+            None => city.riders.entry(e.rider.clone()).or_default(),
         };
         // Most events are of a rider already in their minute: nothing more to count.
-        if minutes.contains(&minute) {
+        let short = short_minute(minute);
+        if minutes.contains(&short) {
             return;
         }
         for (index, start) in window_starts(minute, length, slide).enumerate() {
             let window = start..start + length;
-            if start + length > finalized_to && !minutes.iter().any(|m| window.contains(m)) {
+            if start + length > finalized_to
+                && !minutes.iter().any(|&m| window.contains(&u64::from(m)))
+            {
                 if delta.window_firsts.is_empty() {
                     delta.window_firsts = vec![0; (length / slide) as usize];
                 }
                 delta.window_firsts[index] += 1;
             }
         }
-        delta.riders.push(RiderName::new(&e.user_id));
-        minutes.push(minute);
+        delta.riders.push(e.rider.clone());
+        minutes.push(short);
     }
 }
 
@@ -251,7 +189,7 @@ impl PartialState {
 /// cluster (the same binary) routes alike.
 fn rider_hash(e: &WindowEvent) -> u64 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one((e.city.as_str(), e.user_id.as_str()))
+    foldhash::fast::FixedState::default().hash_one((e.city.as_bytes(), e.rider.as_bytes()))
 }
 
 /// Per worker, the deltas of its riders' events (timely time = event minute in, the
@@ -314,7 +252,7 @@ pub(crate) fn build<'scope>(
                         // Forget the minutes no open window holds, and riders with none left.
                         for city in state.cities.values_mut() {
                             city.riders.retain(|_, minutes| {
-                                minutes.retain(|minute| *minute + length > done);
+                                minutes.retain(|minute| u64::from(*minute) + length > done);
                                 !minutes.is_empty()
                             });
                         }
@@ -338,34 +276,13 @@ pub(crate) fn build<'scope>(
 mod tests {
     use super::*;
 
-    /// Between processes a rider id goes through bincode (timely's encoding): it comes back
-    /// equal, inline or not, and hashes alike.
-    #[test]
-    fn rider_names_survive_the_exchange_encoding() {
-        for name in [
-            "",
-            "user-london-1",
-            "user-bratislava-123456",
-            &"é".repeat(30),
-        ] {
-            let rider = RiderName::new(name);
-            let bytes = bincode::serialize(&rider).unwrap();
-            let back: RiderName = bincode::deserialize(&bytes).unwrap();
-            assert_eq!(back, rider);
-            assert_eq!(back.to_text(), name);
-            use std::hash::BuildHasher;
-            let hasher = foldhash::fast::FixedState::default();
-            assert_eq!(hasher.hash_one(&back), hasher.hash_one(&rider));
-        }
-    }
-
     /// Summing deltas gives the counts of all their events, whatever the split; an empty
     /// delta's `max_ms` (meaningless) never wins.
     #[test]
     fn absorbed_counts_equal_the_counts_of_all_events() {
         let event = |ms: i64, event_type: EventType, fare: Option<f64>| WindowEvent {
             city: "london".into(),
-            user_id: "u".into(),
+            rider: "u".into(),
             timestamp_ms: ms,
             event_type,
             estimated_fare: fare,

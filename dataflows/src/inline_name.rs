@@ -1,0 +1,175 @@
+//! A short id (a rider, a city) kept inline, so the window path moves and compares it
+//! without the heap.
+//!
+//! Every on-time event crosses the window exchange with its city and rider, and the rider is
+//! looked up in, and kept by, the worker's rider map. As `String`s that was two heap
+//! allocations per event, each freed by the worker that received it (a free across threads
+//! is jemalloc's slow path), and a pointer to follow per probe of the map. Ids such as
+//! `user-bratislava-12345` and `london` fit in [`INLINE_NAME`] bytes; longer ones (valid,
+//! but unusual) go to the heap.
+
+/// Names up to this long are kept inline (the enum is then 24 bytes, a `String`'s size).
+const INLINE_NAME: usize = 22;
+
+/// A name, inline when it fits. The representation is canonical (a name that fits is always
+/// inline, with zeroes after its end), so equality of names is equality of their bytes.
+/// Hashed, compared and ordered as its bytes.
+#[derive(Clone, Debug)]
+pub(crate) enum InlineName {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Heap(Box<str>),
+}
+
+impl InlineName {
+    pub(crate) fn new(name: &str) -> InlineName {
+        if name.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            InlineName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            InlineName::Heap(Box::from(name))
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            InlineName::Inline { len, bytes } => &bytes[..*len as usize],
+            InlineName::Heap(name) => name.as_bytes(),
+        }
+    }
+
+    /// The name as text (always valid UTF-8: it was built from a `&str`, cut only at its
+    /// end).
+    pub(crate) fn to_text(&self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+impl From<&str> for InlineName {
+    fn from(name: &str) -> InlineName {
+        InlineName::new(name)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for InlineName {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::hash::Hash for InlineName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for InlineName {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // Fixed-size arrays compare without a call to `memcmp` (the rider map compares
+            // a key per probe); the zeroes after the end make this the bytes' equality.
+            (
+                InlineName::Inline { len, bytes },
+                InlineName::Inline {
+                    len: other_len,
+                    bytes: other_bytes,
+                },
+            ) => len == other_len && bytes == other_bytes,
+            (InlineName::Heap(name), InlineName::Heap(other)) => name == other,
+            // Canonical: a name that fits is never on the heap.
+            _ => false,
+        }
+    }
+}
+
+impl Eq for InlineName {}
+
+impl PartialOrd for InlineName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InlineName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+/// Between processes a name travels as its text.
+impl serde::Serialize for InlineName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for InlineName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(InlineName::new(&name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// Between processes a name goes through bincode (timely's encoding): it comes back
+    /// equal, inline or not, and hashes alike.
+    #[test]
+    fn names_survive_the_exchange_encoding() {
+        for name in [
+            "",
+            "user-london-1",
+            "user-bratislava-123456",
+            &"é".repeat(30),
+        ] {
+            let rider = InlineName::new(name);
+            let bytes = bincode::serialize(&rider).unwrap();
+            let back: InlineName = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, rider);
+            assert_eq!(back.to_text(), name);
+            let hasher = foldhash::fast::FixedState::default();
+            assert_eq!(hasher.hash_one(&back), hasher.hash_one(&rider));
+        }
+    }
+
+    /// Equality, order and hash are those of the bytes, across the inline limit: a map
+    /// keyed by names finds them by their bytes.
+    #[test]
+    fn names_compare_as_their_bytes() {
+        let names = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "user-bratislava-12345",
+            "user-bratislava-123456",
+            "user-bratislava-1234567",
+            "user-bratislava-1234568",
+            "user-bratislava-12345678",
+        ];
+        let hasher = foldhash::fast::FixedState::default();
+        for a in names {
+            for b in names {
+                let (x, y) = (InlineName::new(a), InlineName::new(b));
+                assert_eq!(x == y, a == b, "{a} == {b}");
+                assert_eq!(x.cmp(&y), a.as_bytes().cmp(b.as_bytes()), "{a} cmp {b}");
+            }
+            let name = InlineName::new(a);
+            let borrowed: &[u8] = std::borrow::Borrow::borrow(&name);
+            assert_eq!(hasher.hash_one(&name), hasher.hash_one(borrowed), "{a}");
+        }
+        let mut map = std::collections::HashMap::new();
+        for (index, name) in names.iter().enumerate() {
+            map.insert(InlineName::new(name), index);
+        }
+        for (index, name) in names.iter().enumerate() {
+            assert_eq!(map.get(name.as_bytes()), Some(&index));
+        }
+    }
+}
