@@ -131,8 +131,10 @@ impl WindowState {
 
     /// The rollup row of one minute bucket.
     fn minute_row(minute: u64, city: &str, bucket: &Bucket, is_final: bool) -> CityMinuteRow {
-        let mut riders: Vec<String> = bucket.riders.iter().map(InlineName::to_text).collect();
-        riders.sort_unstable();
+        // Sorted as names (inline bytes) before they become strings: the order is the same.
+        let mut sorted: Vec<&InlineName> = bucket.riders.iter().collect();
+        sorted.sort_unstable();
+        let riders: Vec<String> = sorted.into_iter().map(InlineName::to_text).collect();
         let counts = &bucket.counts;
         CityMinuteRow {
             minute: Timestamp(minute as i64 * 60_000),
