@@ -2,11 +2,11 @@
 //! without the heap.
 //!
 //! Every on-time event crosses the window exchange with its city and rider, and the rider is
-//! looked up in, and kept by, the worker's rider map. As `String`s that was two heap
-//! allocations per event, each freed by the worker that received it (a free across threads
-//! is jemalloc's slow path), and a pointer to follow per probe of the map. Ids such as
-//! `user-bratislava-12345` and `london` fit in [`INLINE_NAME`] bytes; longer ones (valid,
-//! but unusual) go to the heap.
+//! looked up in, and kept by, the worker's rider map. As `String`s in the event they were
+//! two heap allocations per event, each freed by the worker that received it (a free across
+//! threads is jemalloc's slow path); as the map's key, a `String` is a pointer to follow per
+//! probe. Ids such as `user-bratislava-12345` and `london` fit in [`INLINE_NAME`] bytes;
+//! longer ones (valid, but unusual) go to the heap.
 
 /// Names up to this long are kept inline (the enum is then 24 bytes, a `String`'s size).
 const INLINE_NAME: usize = 22;
