@@ -138,8 +138,16 @@ fn without_raw_events_the_rows_are_the_oracles_and_a_crash_resumes() {
         &format!("{}_crash", ns.config.clickhouse.database),
     );
     crash.migrate();
+    // Frequent checkpoints and fetches of 16 KiB, so checkpoints land while the job reads:
+    // a job fast enough to read the whole backlog before its first checkpoint (1 s by
+    // default) left nothing to kill mid-run.
+    let crash = crash.with("job.checkpoint_interval_ms", "200");
     let mut job = crash
         .command(&["run", "--until-end", "-w", "2", "--group", "noraw-crash"])
+        .env(
+            "RIDEPULSE_LIBRDKAFKA",
+            "fetch.max.bytes=16384,message.max.bytes=16384,batch.size=16384",
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
