@@ -8,9 +8,9 @@
 //! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
-//! Batches queued together, or submitted within [`MIN_WRITE_INTERVAL`] of the previous
-//! write's start, are written as one (one insert per table), and each of their sinks is
-//! woken when it is durable.
+//! Batches queued together, or submitted within the writer's [`WriteInterval`] of the
+//! previous write's start, are written as one (one insert per table), and each of their
+//! sinks is woken when it is durable.
 //!
 //! Failures are classified (see [`Severity`] and [`crate::kafka::Disposition`]):
 //! - transient ones (connection refused, timeouts, 5xx, overload codes, undelivered
@@ -58,9 +58,30 @@ const QUEUE_DEPTH: usize = 16;
 const MAX_LETTERS_PER_DELIVERY: usize = 50_000;
 /// Least time between the starts of two writes: batches submitted meanwhile are merged
 /// into one insert per table (ClickHouse wants about one insert per second per table; each
-/// insert makes a part to merge later). Below a live job's emit interval, so a live row waits
-/// at most this long, and only when a write began just before.
-const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(200);
+/// insert makes a part of a file per column, to merge later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteInterval {
+    /// 200 ms, for a job that follows Kafka: below the emit interval, so a live row waits at
+    /// most this long, and only when a write began just before (each worker submits its
+    /// rows on its own timer, so a longer interval would delay one worker's rows by it).
+    Live,
+    /// 1 s, for a run from files without raw events (a backfill of result rows only, all
+    /// due at the end): its sinks submit at every minute of event time, a few hundred rows
+    /// a second, and each insert costs the local ClickHouse ~25 ms of CPU (creating a
+    /// part's files), taken from the workers' cores.
+    Backfill,
+}
+
+impl WriteInterval {
+    /// The least time between the starts of two writes.
+    pub fn duration(self) -> Duration {
+        match self {
+            WriteInterval::Live => Duration::from_millis(200),
+            WriteInterval::Backfill => Duration::from_secs(1),
+        }
+    }
+}
+
 /// Rows merged into one write at most (the merge stops waiting once it has this many).
 const MAX_MERGED_ROWS: usize = 50_000;
 /// Longest wait between two attempts of a failing write.
@@ -245,7 +266,12 @@ struct Destinations {
 impl Writer {
     /// Starts the writer thread for `config`, writing tables whose time columns are encoded
     /// as `layout` says (from `schema::verify`).
-    pub fn start(config: &Config, layout: Layout, client_id: &str) -> Result<Writer, KafkaError> {
+    pub fn start(
+        config: &Config,
+        layout: Layout,
+        client_id: &str,
+        interval: WriteInterval,
+    ) -> Result<Writer, KafkaError> {
         let destinations = Destinations {
             client: super::connect(&config.clickhouse),
             url: config.clickhouse.url.clone(),
@@ -277,7 +303,7 @@ impl Writer {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ridepulse-writer".into())
-            .spawn(move || run(destinations, receiver, thread_shared))
+            .spawn(move || run(destinations, receiver, thread_shared, interval))
             .expect("the writer thread can be spawned");
         Ok(Writer {
             sender: Mutex::new(Some(sender)),
@@ -353,7 +379,12 @@ impl Completion {
 /// Dead letters of one batch on their way to the dead-letter thread.
 type Letters = (Vec<DeadLetter>, Arc<Completion>);
 
-fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>) {
+fn run(
+    destinations: Destinations,
+    receiver: Receiver<Job>,
+    shared: Arc<Shared>,
+    interval: WriteInterval,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -372,7 +403,7 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
         if shared.fatal.lock().expect("not poisoned").is_some() {
             break; // the dead-letter thread stopped the job
         }
-        let (mut batch, waiting) = gather(first, &receiver, last_write);
+        let (mut batch, waiting) = gather(first, &receiver, last_write, interval.duration());
         last_write = Some(Instant::now());
         let dead = std::mem::take(&mut batch.dead);
         let completion = Arc::new(Completion {
@@ -415,20 +446,20 @@ fn run(destinations: Destinations, receiver: Receiver<Job>, shared: Arc<Shared>)
 }
 
 /// The batches written as one: `first`, every batch already queued behind it, and those
-/// that arrive until [`MIN_WRITE_INTERVAL`] has passed since the previous write began (or
+/// that arrive until `interval` has passed since the previous write began (or
 /// [`MAX_MERGED_ROWS`] are gathered, or a sink's last batch comes). A live job's sinks
 /// submit about once per emit interval, so it seldom waits; a file run's sinks submit at
-/// every minute of event time, forty times a second, and each insert cost ClickHouse ~8 ms
-/// of CPU (a new part, then merges) and Tansu a produce: a third of a core on this
-/// machine, taken from the workers.
+/// every minute of event time, forty times a second, and each insert costs ClickHouse a new
+/// part (then merges) and Tansu a produce (see [`WriteInterval`]).
 fn gather(
     first: Job,
     receiver: &Receiver<Job>,
     last_write: Option<Instant>,
+    interval: Duration,
 ) -> (Batch, Vec<(Ticket, Option<SyncActivator>)>) {
     let (mut batch, ticket, activator) = first;
     let mut waiting = vec![(ticket, activator)];
-    let due = last_write.map(|at| at + MIN_WRITE_INTERVAL);
+    let due = last_write.map(|at| at + interval);
     while batch.len() < MAX_MERGED_ROWS {
         let next = match receiver.try_recv() {
             Ok(job) => job,
@@ -956,6 +987,9 @@ where
 mod tests {
     use super::*;
 
+    /// A live job's interval (the gathering rules do not depend on which).
+    const INTERVAL: Duration = Duration::from_millis(200);
+
     fn job(checkpoints: usize) -> (Job, Ticket) {
         let checkpoint = CheckpointRecord {
             consumer_group: "g".into(),
@@ -983,9 +1017,9 @@ mod tests {
             sender.send(job(rows).0).unwrap();
         }
         let started = Instant::now();
-        let (batch, waiting) = gather(first, &receiver, None);
+        let (batch, waiting) = gather(first, &receiver, None, INTERVAL);
         assert_eq!((batch.checkpoints.len(), waiting.len()), (6, 3));
-        assert!(started.elapsed() < MIN_WRITE_INTERVAL);
+        assert!(started.elapsed() < INTERVAL);
     }
 
     #[test]
@@ -993,12 +1027,12 @@ mod tests {
         let (sender, receiver) = sync_channel::<Job>(QUEUE_DEPTH);
         let (first, _) = job(1);
         let late = std::thread::spawn(move || {
-            std::thread::sleep(MIN_WRITE_INTERVAL / 4);
+            std::thread::sleep(INTERVAL / 4);
             sender.send(job(4).0).unwrap();
             // Kept open past the interval: the gathering ends on time, not on a hang-up.
-            std::thread::sleep(MIN_WRITE_INTERVAL * 2);
+            std::thread::sleep(INTERVAL * 2);
         });
-        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()));
+        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL);
         assert_eq!((batch.checkpoints.len(), waiting.len()), (5, 2));
         late.join().unwrap();
     }
@@ -1010,9 +1044,14 @@ mod tests {
         batch.last = true;
         sender.send(job(2).0).unwrap();
         let started = Instant::now();
-        let (batch, waiting) = gather((batch, ticket, activator), &receiver, Some(started));
+        let (batch, waiting) = gather(
+            (batch, ticket, activator),
+            &receiver,
+            Some(started),
+            INTERVAL,
+        );
         assert_eq!((batch.checkpoints.len(), waiting.len()), (3, 2));
-        assert!(started.elapsed() < MIN_WRITE_INTERVAL / 2);
+        assert!(started.elapsed() < INTERVAL / 2);
         drop(sender);
     }
 
@@ -1021,7 +1060,7 @@ mod tests {
         let (sender, receiver) = sync_channel::<Job>(QUEUE_DEPTH);
         let (first, _) = job(MAX_MERGED_ROWS);
         sender.send(job(1).0).unwrap();
-        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()));
+        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL);
         assert_eq!(
             (batch.checkpoints.len(), waiting.len()),
             (MAX_MERGED_ROWS, 1)
