@@ -82,6 +82,9 @@ impl WriteInterval {
     }
 }
 
+/// How long each producer's warm-up waits for its topic's metadata at most.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Rows merged into one write at most (the merge stops waiting once it has this many).
 const MAX_MERGED_ROWS: usize = 50_000;
 /// Longest wait between two attempts of a failing write.
@@ -390,6 +393,22 @@ fn run(
         .build()
         .expect("a current-thread runtime can always be built");
     let destinations = Arc::new(destinations);
+    let warm_up = {
+        // The producers' ids are fetched meanwhile (see `CountingProducer::warm_up`), off
+        // this thread: an unreachable broker must not hold up the first ClickHouse insert.
+        let destinations = destinations.clone();
+        std::thread::Builder::new()
+            .name("ridepulse-warmup".into())
+            .spawn(move || {
+                let d = &destinations;
+                std::thread::scope(|scope| {
+                    for producer in [&d.aggregated, &d.city_supply, &d.dead_letters] {
+                        scope.spawn(move || producer.warm_up(WARM_UP_TIMEOUT));
+                    }
+                });
+            })
+            .ok()
+    };
     let (letters, letters_receiver) = std::sync::mpsc::channel::<Letters>();
     let letters_thread = {
         let (destinations, shared) = (destinations.clone(), shared.clone());
@@ -427,6 +446,10 @@ fn run(
     }
     drop(letters);
     let _ = letters_thread.join();
+    // Its hold on the producers ends first, so they are dropped here, at once (below).
+    if let Some(warm_up) = warm_up {
+        let _ = warm_up.join();
+    }
     // Dropping a producer waits up to 100 ms for its polling thread (rdkafka's
     // `ThreadedProducer`): the three at once, not in turn (0.2 s of every run's exit).
     if let Ok(destinations) = Arc::try_unwrap(destinations) {
