@@ -95,6 +95,17 @@ where
                 last_frontier = now_frontier;
                 if pending.data.is_empty() {
                     pending.capability = None;
+                    if stepped && now_frontier.is_none() {
+                        // The input closed after its last rows left, in a batch not marked
+                        // last (the frontier was still open then): say so now, or the writer
+                        // holds those rows for a whole write interval, waiting for more
+                        // batches to merge (1 s at the end of a file run).
+                        let end = Batch {
+                            last: true,
+                            ..Batch::default()
+                        };
+                        writer.submit(end, None);
+                    }
                     return;
                 }
                 let aged = pending.since.is_some_and(|s| s.elapsed() >= MAX_AGE);
