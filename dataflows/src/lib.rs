@@ -59,6 +59,7 @@ mod latest_state;
 pub mod metrics_row;
 pub mod minute_row;
 pub mod partitioned_source;
+mod rider_table;
 pub mod split;
 pub mod supply;
 pub mod supply_live;
