@@ -75,11 +75,15 @@ impl Reader {
                 continue;
             };
             let filled = chunk.len();
-            chunk.resize(filled + self.chunk_bytes, 0);
-            let read = file.read(&mut chunk[filled..]).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
-            })?;
-            chunk.truncate(filled + read);
+            // Read into the spare capacity (std's `read_to_end` does not zero it first: a
+            // `resize` with zeroes before each read was ~1.7 % of a file run).
+            chunk.reserve(self.chunk_bytes);
+            let read = (&mut *file)
+                .take(self.chunk_bytes as u64)
+                .read_to_end(&mut chunk)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+                })?;
             if read == 0 {
                 // The end of this file: what is left is its last line, without a newline.
                 self.current = None;
