@@ -71,7 +71,7 @@ fn from_the_dataset(lines: &[String], partitions: i32) -> BTreeMap<(i64, String)
         let late = *max - t > 30_000;
         *max = (*max).max(t);
         let counts = out
-            .entry((t.div_euclid(60_000) * 60_000, event.city.clone()))
+            .entry((t.div_euclid(60_000) * 60_000, event.city.to_string()))
             .or_default();
         if late {
             counts.1 += 1;

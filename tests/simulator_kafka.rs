@@ -46,7 +46,7 @@ fn sixty_seconds_at_50k_per_minute_arrive_valid_keyed_and_in_order() {
         });
         assert_eq!(record.key.as_deref(), Some(event.ride_id.as_bytes()));
         let entry = rides
-            .entry(event.ride_id.clone())
+            .entry(event.ride_id.to_string())
             .or_insert((record.partition, Vec::new()));
         assert_eq!(
             entry.0, record.partition,

@@ -128,7 +128,7 @@ pub fn build<'scope>(
     let (on_time, late) = split(events, "LateEvents", |e: SourcedEvent| {
         if e.late {
             Side::Right(LateEvent {
-                city: e.event.city,
+                city: e.event.city.into_string(),
                 timestamp: e.event.timestamp,
             })
         } else {

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
@@ -275,19 +276,19 @@ pub struct RideEvent {
     /// What happened.
     pub event_type: EventType,
     /// The ride; also the Kafka key, so a ride's events stay ordered on one partition.
-    pub ride_id: String,
+    pub ride_id: CompactString,
     /// Event time (UTC, millisecond precision): what the windows are computed on.
     pub timestamp: Timestamp,
     /// The city the ride is in; metrics are per city.
-    pub city: String,
+    pub city: CompactString,
     /// The quoted fare; `None` when null or absent (for example on `accepted`).
     #[serde(default)]
     pub estimated_fare: Option<f64>,
     /// The rider.
-    pub user_id: String,
+    pub user_id: CompactString,
     /// The driver, once one is assigned.
     #[serde(default)]
-    pub driver_id: Option<String>,
+    pub driver_id: Option<CompactString>,
     /// Where the rider is picked up.
     #[serde(default)]
     pub pickup: Option<GeoPoint>,
@@ -647,7 +648,10 @@ fn without_position(error: &serde_json::Error) -> String {
 }
 
 /// A required string: present, not blank, at most [`MAX_TEXT_BYTES`].
-fn required(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, EventError> {
+fn required<T: for<'t> From<&'t str>>(
+    value: Option<Cow<'_, str>>,
+    field: &'static str,
+) -> Result<T, EventError> {
     match value {
         None => Err(EventError::Missing(field)),
         // A visible ASCII first character is not blank: no Unicode trim needed to know.
@@ -661,7 +665,7 @@ fn required(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, 
             field,
             bytes: text.len(),
         }),
-        Some(text) => Ok(text.into_owned()),
+        Some(text) => Ok(T::from(text.as_ref())),
     }
 }
 
@@ -753,7 +757,7 @@ impl RideEvent {
             .driver_id
             .0
             .filter(|d| d.len() <= MAX_TEXT_BYTES)
-            .map(Cow::into_owned);
+            .map(|d| CompactString::from(d.as_ref()));
         Ok(RideEvent {
             event_type,
             ride_id,
@@ -1267,12 +1271,12 @@ mod tests {
                         dropoff,
                     )| RideEvent {
                         event_type,
-                        ride_id,
+                        ride_id: ride_id.into(),
                         timestamp: Timestamp(millis),
-                        city,
+                        city: city.into(),
                         estimated_fare,
-                        user_id,
-                        driver_id,
+                        user_id: user_id.into(),
+                        driver_id: driver_id.map(Into::into),
                         pickup,
                         dropoff,
                     },

@@ -230,7 +230,7 @@ impl Reading {
             ts: e.timestamp.millis(),
             partition: sourced.partition,
             offset: sourced.offset,
-            city: e.city.clone(),
+            city: e.city.to_string(),
             tally: Tally::of_ride(e.event_type),
         }
     }

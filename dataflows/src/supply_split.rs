@@ -56,7 +56,7 @@ impl SupplyInput for RideEvent {
     }
     fn late(self) -> LateEvent {
         LateEvent {
-            city: self.city,
+            city: self.city.into_string(),
             timestamp: self.timestamp,
         }
     }

@@ -141,7 +141,7 @@ fn status_name(s: DriverStatus) -> &'static str {
 }
 
 fn ride_actual(e: &RideEvent, field: &str) -> Actual {
-    let text = |s: &String| Actual::Text(Some(s.clone()));
+    let text = |s: &str| Actual::Text(Some(s.to_string()));
     match field {
         "event_type" => Actual::Text(Some(event_type_name(e.event_type).into())),
         "ride_id" => text(&e.ride_id),
@@ -149,7 +149,7 @@ fn ride_actual(e: &RideEvent, field: &str) -> Actual {
         "city" => text(&e.city),
         "estimated_fare" => Actual::Number(e.estimated_fare),
         "user_id" => text(&e.user_id),
-        "driver_id" => Actual::Text(e.driver_id.clone()),
+        "driver_id" => Actual::Text(e.driver_id.as_deref().map(String::from)),
         "pickup" => Actual::Point(e.pickup.map(|p| (p.lat, p.lng))),
         "dropoff" => Actual::Point(e.dropoff.map(|p| (p.lat, p.lng))),
         other => unreachable!("no ride field {other}"),
@@ -170,7 +170,7 @@ fn location_actual(l: &DriverLocation, field: &str) -> Actual {
 
 /// SPEC §2's bounds, checked on parsed values.
 fn out_of_bounds(
-    texts: &[(&str, &String)],
+    texts: &[(&str, &str)],
     millis: i64,
     numbers: &[(&str, Option<f64>, f64, f64)],
 ) -> Vec<String> {
@@ -317,9 +317,9 @@ fn check_message(bytes: &[u8], tally: &mut Tally, failures: &mut Vec<Failure>) {
             let (dropoff_lat, dropoff_lng) = point(event.dropoff);
             let bounds = out_of_bounds(
                 &[
-                    ("ride_id", &event.ride_id),
-                    ("city", &event.city),
-                    ("user_id", &event.user_id),
+                    ("ride_id", event.ride_id.as_str()),
+                    ("city", event.city.as_str()),
+                    ("user_id", event.user_id.as_str()),
                 ],
                 event.timestamp.0,
                 &[
@@ -362,7 +362,10 @@ fn check_message(bytes: &[u8], tally: &mut Tally, failures: &mut Vec<Failure>) {
         Ok(Ok(location)) => {
             tally.accept("driver location");
             let bounds = out_of_bounds(
-                &[("driver_id", &location.driver_id), ("city", &location.city)],
+                &[
+                    ("driver_id", location.driver_id.as_str()),
+                    ("city", location.city.as_str()),
+                ],
                 location.timestamp.0,
                 &[
                     ("lat", Some(location.lat), -90.0, 90.0),

@@ -53,11 +53,12 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Vec<Vec<RideE
                     };
                     RideEvent {
                         event_type,
-                        ride_id: format!("ride-{p}-{i}"),
+                        ride_id: format!("ride-{p}-{i}").into(),
                         timestamp: Timestamp(timestamp),
-                        city: city.to_string(),
+                        city: city.into(),
                         estimated_fare,
-                        user_id: format!("user-{}", (60.0 * rng.random::<f64>().powi(2)) as u32),
+                        user_id: format!("user-{}", (60.0 * rng.random::<f64>().powi(2)) as u32)
+                            .into(),
                         driver_id: None,
                         pickup: None,
                         dropoff: None,
@@ -92,7 +93,7 @@ fn expected_minutes(partitions: &[Vec<RideEvent>]) -> BTreeMap<(i64, String), Ex
                 continue;
             }
             let m = minutes
-                .entry((t.div_euclid(60_000) * 60_000, event.city.clone()))
+                .entry((t.div_euclid(60_000) * 60_000, event.city.to_string()))
                 .or_insert_with(|| ExpectedMinute {
                     max_ms: i64::MIN,
                     ..ExpectedMinute::default()
@@ -107,7 +108,7 @@ fn expected_minutes(partitions: &[Vec<RideEvent>]) -> BTreeMap<(i64, String), Ex
                 m.fare_sum += fare;
                 m.fares += 1;
             }
-            m.riders.insert(event.user_id.clone());
+            m.riders.insert(event.user_id.to_string());
             m.max_ms = m.max_ms.max(t);
         }
     }
@@ -397,7 +398,7 @@ fn every_open_window_an_event_lands_in_gets_an_update_row() {
             offset,
             event: RideEvent {
                 event_type: EventType::Requested,
-                ride_id: format!("ride-{offset}"),
+                ride_id: format!("ride-{offset}").into(),
                 timestamp: Timestamp(minute as i64 * 60_000 + 5_000),
                 city: "london".into(),
                 estimated_fare: Some(10.0),

@@ -681,11 +681,11 @@ impl Bench {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let event = dataflows::event::RideEvent {
                 event_type: dataflows::event::EventType::Requested,
-                ride_id: format!("{city}-{i}"),
+                ride_id: format!("{city}-{i}").into(),
                 timestamp: dataflows::event::Timestamp(now_ms),
-                city: city.to_string(),
+                city: city.into(),
                 estimated_fare: Some(10.0),
-                user_id: format!("{city}-rider"),
+                user_id: format!("{city}-rider").into(),
                 driver_id: None,
                 pickup: None,
                 dropoff: None,

@@ -265,15 +265,15 @@ impl EventRecord {
         let e = &sourced.event;
         EventRecord {
             event_type: e.event_type.as_str(),
-            ride_id: e.ride_id.clone(),
+            ride_id: e.ride_id.to_string(),
             timestamp: Moment {
                 ms: e.timestamp.millis(),
                 precise,
             },
             timestamp_ms: e.timestamp.millis(),
-            city: e.city.clone(),
-            user_id: e.user_id.clone(),
-            driver_id: e.driver_id.clone(),
+            city: e.city.to_string(),
+            user_id: e.user_id.to_string(),
+            driver_id: e.driver_id.as_deref().map(String::from),
             estimated_fare: e.estimated_fare,
             pickup_lat: e.pickup.as_ref().map(|p| p.lat),
             pickup_lng: e.pickup.as_ref().map(|p| p.lng),

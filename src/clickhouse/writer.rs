@@ -609,7 +609,7 @@ async fn write_tables(
             DeadLetter {
                 partition: sourced.partition,
                 offset: sourced.offset,
-                key: Some(sourced.event.ride_id.clone().into_bytes()),
+                key: Some(sourced.event.ride_id.as_bytes().to_vec()),
                 payload: sourced.event.to_json().into_bytes(),
                 error: format!("ClickHouse refused the row: {error}"),
                 reason: REJECTED_BY_CLICKHOUSE.to_string(),

@@ -583,12 +583,12 @@ impl World {
         let city = self.config.cities[ride.city].name;
         RideEvent {
             event_type: kind,
-            ride_id: format!("ride-{}-{}", self.config.seed, ride.number),
+            ride_id: format!("ride-{}-{}", self.config.seed, ride.number).into(),
             timestamp: Timestamp(at),
-            city: city.to_string(),
+            city: city.into(),
             estimated_fare: fare,
-            user_id: format!("user-{city}-{}", ride.user),
-            driver_id: ride.driver.map(|d| self.driver_id(d)),
+            user_id: format!("user-{city}-{}", ride.user).into(),
+            driver_id: ride.driver.map(|d| self.driver_id(d).into()),
             pickup: Some(ride.pickup),
             dropoff: Some(ride.dropoff),
         }

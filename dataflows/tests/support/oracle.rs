@@ -32,13 +32,13 @@ pub fn oracle(
             let is_late = matches!(largest, Some(max) if max - t > 30_000);
             largest = Some(largest.map_or(t, |max| max.max(t)));
             if is_late {
-                *late.entry(event.city.clone()).or_default() += 1;
+                *late.entry(event.city.to_string()).or_default() += 1;
                 continue;
             }
             let minute_start = t - t.rem_euclid(60_000);
             for k in 0..5 {
                 let start = minute_start - k * 60_000;
-                let w = windows.entry((start, event.city.clone())).or_default();
+                let w = windows.entry((start, event.city.to_string())).or_default();
                 w.total += 1;
                 w.requests += u64::from(event.event_type == EventType::Requested);
                 w.completions += u64::from(event.event_type == EventType::Completed);
@@ -46,7 +46,7 @@ pub fn oracle(
                 if let Some(fare) = event.estimated_fare {
                     w.fares.push(fare);
                 }
-                w.riders.insert(event.user_id.clone());
+                w.riders.insert(event.user_id.to_string());
             }
         }
     }

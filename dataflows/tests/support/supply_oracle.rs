@@ -81,11 +81,11 @@ pub fn generate_rides(seed: u64, partitions: usize, per_partition: usize) -> Vec
 pub fn ride_event(ride: &str, city: &str, event_type: EventType, timestamp: i64) -> RideEvent {
     RideEvent {
         event_type,
-        ride_id: ride.to_string(),
+        ride_id: ride.into(),
         timestamp: Timestamp(timestamp),
-        city: city.to_string(),
+        city: city.into(),
         estimated_fare: None,
-        user_id: format!("user-{ride}"),
+        user_id: format!("user-{ride}").into(),
         driver_id: None,
         pickup: None,
         dropoff: None,
@@ -218,8 +218,8 @@ pub fn oracle(
         };
         let requested = e.event_type == EventType::Requested;
         (
-            e.ride_id.clone(),
-            e.city.clone(),
+            e.ride_id.to_string(),
+            e.city.to_string(),
             e.timestamp.0,
             state,
             requested,
