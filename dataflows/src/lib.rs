@@ -30,7 +30,8 @@
 //! - [`partitioned_source`]: the source over in-memory partitions, and [`partitioned_source::EventStamper`],
 //!   the emission rule every source shares.
 //! - [`city_metrics`]: the sliding windows: `window_partials` counts each worker's share of
-//!   the riders, `city_windows` sums the shares per city and makes the rows; `inline_name`
+//!   the riders (in a `rider_table` per city, whose slots a batch reads ahead of its
+//!   lookups), `city_windows` sums the shares per city and makes the rows; `inline_name`
 //!   keeps the riders' and cities' ids off the heap on that path.
 //! - [`metrics_row`]: the output row of SPEC §4.
 //! - [`minute_row`]: the per-minute rollup row (`city_minutes`) the dashboards read, from
