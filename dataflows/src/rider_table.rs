@@ -8,10 +8,10 @@
 //! the slot they point to, and a branch on the answer between them, so the processor does
 //! not overlap the misses of one lookup with the next: they were ~13 % of a file run. Here
 //! a key's first probe is slot `hash & mask` (linear probing, at most half full, so most
-//! keys are in that slot), and a loop of [`RiderTable::peek`] reads the first slot of every
-//! key of a batch without a branch on what it reads: the loads are independent and the processor keeps many
-//! in flight, after which the batch's lookups find their slots in cache. A slot is one
-//! cache line.
+//! keys are in that slot or the next), and a loop of [`RiderTable::peek`] reads those two
+//! slots of every key of a batch without a branch on what it reads: the loads are
+//! independent, the processor keeps many in flight, and the batch's lookups right after
+//! find their slots in cache. A slot is one cache line.
 
 use std::hash::BuildHasher;
 
