@@ -450,8 +450,8 @@ fn run(
     if let Some(warm_up) = warm_up {
         let _ = warm_up.join();
     }
-    // Dropping a producer waits up to 100 ms for its polling thread (rdkafka's
-    // `ThreadedProducer`): the three at once, not in turn (0.2 s of every run's exit).
+    // Dropping a producer joins its polling thread and lets librdkafka close its
+    // connections: the three at once, not in turn.
     if let Ok(destinations) = Arc::try_unwrap(destinations) {
         let Destinations {
             aggregated,
