@@ -11,7 +11,7 @@
 //! same file is replayed into a fresh `ride-events` topic and read back: the engine path and
 //! the Kafka path write the same `city_metrics` rows. Lines that are not valid events become
 //! dead letters (their position is the line's), as on the Kafka path. Each line is read
-//! and key-scanned by one worker and handled by the owner of its partition
+//! and parsed by one worker and handled by the owner of its partition
 //! (`partition % workers`; see [`super::line_chunks`]). There is no checkpoint: a file run starts from the top, and rows are upserted, so running it again
 //! changes nothing.
 
@@ -110,7 +110,7 @@ impl Alignment {
 pub fn file_source<'scope, R: SourceRecord>(
     scope: Scope<'scope, u64>,
     config: &FileSourceConfig,
-    lines: Arc<LineChunks>,
+    lines: Arc<LineChunks<R>>,
     shared: SourceShared,
 ) -> StreamVec<'scope, u64, Ingested<R>> {
     let (worker, peers) = (scope.index(), scope.peers());
@@ -157,7 +157,7 @@ pub fn file_source<'scope, R: SourceRecord>(
             let mut starved = false;
             let mut handled = 0;
             while !finished && !backpressure && handled < MAX_LINES_PER_ACTIVATION {
-                let line = match reader.next_line::<R>() {
+                let line = match reader.next_line() {
                     Ok(Step::Line(line)) => line,
                     Ok(Step::Wait) => {
                         starved = true;
@@ -171,7 +171,7 @@ pub fn file_source<'scope, R: SourceRecord>(
                 };
                 handled += 1;
                 let (partition, offset) = (line.partition as u32, line.offset as u64);
-                match R::parse(line.bytes) {
+                match line.record {
                     Ok(record) => {
                         let judged = stamping.judge(&mut stamper, partition, offset, record, now);
                         if judged.owned {

@@ -1,13 +1,16 @@
-//! The lines of a file run, each read and key-scanned by one worker only.
+//! The lines of a file run, each read and parsed by one worker only.
 //!
 //! A file run (`run --from-file`, one process) places every line where its Kafka replay
 //! would: in the partition its key hashes to, at that partition's next offset. Before, every
 //! worker read every line and found its key, to keep the lines of its own partitions: with
 //! two workers half of that reading was done twice. Here the workers share one reading
 //! position ([`LineChunks`]): whichever worker needs lines reads the next chunk of whole
-//! lines (about [`CHUNK_BYTES`]), finds each line's partition, and leaves each worker its
-//! share; every worker then takes its shares in file order ([`WorkerLines`]), so per
-//! partition the lines still come in file order and offsets are counted as before. A keyless
+//! lines (about [`CHUNK_BYTES`]), parses each line and finds its partition, and leaves each
+//! worker its share, records parsed; every worker then takes its shares in file order
+//! ([`WorkerLines`]), so per partition the lines still come in file order and offsets are
+//! counted as before. A line's key is its parsed record's ([`SourceRecord::key`]), so the
+//! line is read once; only a line that is not a valid record is scanned for a key
+//! ([`SourceRecord::key_of`]), which gives the same key for any line that parses. A keyless
 //! line's partition depends on its line number in the whole run, which the reader of one
 //! chunk does not know: such lines (only malformed ones) go to every worker, and the one
 //! owning the partition keeps it.
@@ -20,6 +23,7 @@
 //! alignment: otherwise a worker waiting for the watermark could wait on a worker that
 //! waits on it.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
@@ -27,6 +31,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use timely::scheduling::activate::SyncActivator;
+
+use dataflows::event::EventError;
 
 use super::SourceRecord;
 use crate::kafka::partitioner::partition_for;
@@ -104,7 +110,7 @@ impl Reader {
     }
 }
 
-/// One line of a chunk, as a worker's share lists it.
+/// One line of a chunk, as a worker's share lists it (its record beside it).
 #[derive(Clone, Copy, Debug)]
 struct LineRef {
     /// Its bytes in the chunk, without the newline.
@@ -117,16 +123,18 @@ struct LineRef {
 }
 
 /// A worker's share of a chunk.
-struct Share {
+struct Share<R> {
     chunk: Arc<Vec<u8>>,
     lines: Vec<LineRef>,
+    /// Each line's record as parsed (or why it is not one), taken when the line is.
+    records: Vec<Option<Result<R, EventError>>>,
     /// Lines in the whole chunk (every worker's), to number the next chunk's.
     chunk_lines: u64,
 }
 
 /// What [`LineChunks::take`] gives a worker.
-enum Next {
-    Share(Share),
+enum Next<R> {
+    Share(Share<R>),
     /// Its next share is not ready and it may not read another chunk now: ask again later
     /// (the worker is activated when that may have changed).
     Wait,
@@ -135,13 +143,13 @@ enum Next {
 }
 
 /// The shared state, behind one lock (held for a chunk's read, not for its key scan).
-struct State {
+struct State<R> {
     reader: Reader,
     /// The chunk number of `slots[0]`.
     first: u64,
     /// Chunks read and not yet taken by every worker: `None` while its reader splits it,
     /// then one share per worker until taken.
-    slots: VecDeque<Option<Vec<Option<Share>>>>,
+    slots: VecDeque<Option<Vec<Option<Share<R>>>>>,
     /// Whether the reader has handed out its last chunk.
     ended: bool,
     /// A read error, for every worker to fail with.
@@ -153,7 +161,7 @@ struct State {
     activators: Vec<Option<SyncActivator>>,
 }
 
-impl State {
+impl<R> State<R> {
     /// Chunks read so far.
     fn read(&self) -> u64 {
         self.first + self.slots.len() as u64
@@ -176,18 +184,19 @@ impl State {
     }
 }
 
-/// The reading position of a file run's files, shared by the process's workers.
-pub struct LineChunks {
+/// The reading position of a file run's files (of records `R`), shared by the process's
+/// workers.
+pub struct LineChunks<R> {
     peers: usize,
     partitions: i32,
     /// Chunks that may be read but not yet taken by every worker.
     window: u64,
-    state: Mutex<State>,
+    state: Mutex<State<R>>,
 }
 
-impl LineChunks {
+impl<R: SourceRecord> LineChunks<R> {
     /// The files' lines for `peers` workers, placed among `partitions` partitions.
-    pub fn new(files: Vec<PathBuf>, partitions: i32, peers: usize) -> LineChunks {
+    pub fn new(files: Vec<PathBuf>, partitions: i32, peers: usize) -> LineChunks<R> {
         LineChunks::with_chunk_bytes(files, partitions, peers, CHUNK_BYTES)
     }
 
@@ -196,7 +205,7 @@ impl LineChunks {
         partitions: i32,
         peers: usize,
         chunk_bytes: usize,
-    ) -> LineChunks {
+    ) -> LineChunks<R> {
         assert!(partitions > 0 && peers > 0);
         LineChunks {
             peers,
@@ -215,7 +224,7 @@ impl LineChunks {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<R>> {
         // A worker that panicked fails the job anyway; the others may still read the state.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -233,7 +242,7 @@ impl LineChunks {
 
     /// `worker`'s next share: a ready one, or one it reads and splits itself (the chunk it
     /// reads may be some other worker's next), or word to wait or that all is read.
-    fn take<R: SourceRecord>(&self, worker: usize) -> Result<Next, String> {
+    fn take(&self, worker: usize) -> Result<Next<R>, String> {
         loop {
             let mut state = self.lock();
             if let Some(error) = &state.failed {
@@ -269,7 +278,7 @@ impl LineChunks {
                 Ok(Some(chunk)) => {
                     state.slots.push_back(None);
                     drop(state);
-                    let shares = split::<R>(chunk, self.partitions, self.peers);
+                    let shares = split(chunk, self.partitions, self.peers);
                     let mut state = self.lock();
                     let at = (number - state.first) as usize;
                     state.slots[at] = Some(shares);
@@ -288,14 +297,28 @@ impl LineChunks {
     }
 }
 
-/// A chunk's lines, shared out by the owner of their partition (`partition % peers`).
-fn split<R: SourceRecord>(chunk: Vec<u8>, partitions: i32, peers: usize) -> Vec<Option<Share>> {
+/// A chunk's lines, parsed and shared out by the owner of their partition
+/// (`partition % peers`).
+fn split<R: SourceRecord>(chunk: Vec<u8>, partitions: i32, peers: usize) -> Vec<Option<Share<R>>> {
     let chunk = Arc::new(chunk);
-    let mut lines = vec![Vec::with_capacity(chunk.len() / 200 / peers); peers];
+    let expected = chunk.len() / 200 / peers;
+    let mut shares: Vec<Share<R>> = (0..peers)
+        .map(|_| Share {
+            chunk: chunk.clone(),
+            lines: Vec::with_capacity(expected),
+            records: Vec::with_capacity(expected),
+            chunk_lines: 0,
+        })
+        .collect();
     let (mut start, mut index) = (0, 0);
     for end in memchr::memchr_iter(b'\n', &chunk) {
-        let partition = R::key_of(&chunk[start..end])
-            .map(|key| partition_for(Some(key.as_bytes()), partitions, 0));
+        let bytes = &chunk[start..end];
+        let record = R::parse(bytes);
+        let key = match &record {
+            Ok(record) => Some(Cow::Borrowed(record.key())),
+            Err(_) => R::key_of(bytes),
+        };
+        let partition = key.map(|key| partition_for(Some(key.as_bytes()), partitions, 0));
         let line = LineRef {
             start,
             end,
@@ -303,18 +326,26 @@ fn split<R: SourceRecord>(chunk: Vec<u8>, partitions: i32, peers: usize) -> Vec<
             partition,
         };
         match partition {
-            Some(partition) => lines[partition as usize % peers].push(line),
-            None => lines.iter_mut().for_each(|share| share.push(line)),
+            Some(partition) => {
+                let share = &mut shares[partition as usize % peers];
+                share.lines.push(line);
+                share.records.push(Some(record));
+            }
+            None => {
+                for share in &mut shares {
+                    share.lines.push(line);
+                    share.records.push(Some(record.clone()));
+                }
+            }
         }
         (start, index) = (end + 1, index + 1);
     }
-    lines
+    shares
         .into_iter()
-        .map(|lines| {
+        .map(|share| {
             Some(Share {
-                chunk: chunk.clone(),
-                lines,
                 chunk_lines: index,
+                ..share
             })
         })
         .collect()
@@ -322,9 +353,11 @@ fn split<R: SourceRecord>(chunk: Vec<u8>, partitions: i32, peers: usize) -> Vec<
 
 /// A line placed where its Kafka replay would put it.
 #[derive(Debug, PartialEq)]
-pub struct PlacedLine<'a> {
+pub struct PlacedLine<'a, R> {
     /// The line, without its newline.
     pub bytes: &'a [u8],
+    /// Its record, or why it is not one.
+    pub record: Result<R, EventError>,
     /// The partition of its key (or, keyless, of its line number).
     pub partition: i32,
     /// Its offset in that partition.
@@ -335,9 +368,9 @@ pub struct PlacedLine<'a> {
 
 /// What [`WorkerLines::next_line`] gives.
 #[derive(Debug, PartialEq)]
-pub enum Step<'a> {
+pub enum Step<'a, R> {
     /// A line of this worker's.
-    Line(PlacedLine<'a>),
+    Line(PlacedLine<'a, R>),
     /// Nothing to read now: the worker is activated when there may be.
     Wait,
     /// The worker has had all its lines.
@@ -345,10 +378,10 @@ pub enum Step<'a> {
 }
 
 /// One worker's lines of a file run: those of the partitions it owns, in file order.
-pub struct WorkerLines {
+pub struct WorkerLines<R> {
     worker: usize,
-    shared: Arc<LineChunks>,
-    share: Option<Share>,
+    shared: Arc<LineChunks<R>>,
+    share: Option<Share<R>>,
     /// The next line of `share`.
     at: usize,
     /// Lines of the chunks before `share`.
@@ -357,9 +390,9 @@ pub struct WorkerLines {
     next_offset: Vec<i64>,
 }
 
-impl WorkerLines {
+impl<R: SourceRecord> WorkerLines<R> {
     /// `worker`'s lines of `shared`.
-    pub fn new(shared: Arc<LineChunks>, worker: usize) -> WorkerLines {
+    pub fn new(shared: Arc<LineChunks<R>>, worker: usize) -> WorkerLines<R> {
         let partitions = shared.partitions as usize;
         WorkerLines {
             worker,
@@ -382,10 +415,10 @@ impl WorkerLines {
     }
 
     /// This worker's next line; `Err` names a file that cannot be read.
-    pub fn next_line<R: SourceRecord>(&mut self) -> Result<Step<'_>, String> {
+    pub fn next_line(&mut self) -> Result<Step<'_, R>, String> {
         let (line, partition) = loop {
             let Some(share) = &self.share else {
-                match self.shared.take::<R>(self.worker)? {
+                match self.shared.take(self.worker)? {
                     Next::Share(share) => {
                         self.share = Some(share);
                         self.at = 0;
@@ -417,9 +450,13 @@ impl WorkerLines {
         };
         let offset = self.next_offset[partition as usize];
         self.next_offset[partition as usize] += 1;
-        let share = self.share.as_ref().expect("the line's share");
+        let share = self.share.as_mut().expect("the line's share");
+        let record = share.records[self.at - 1]
+            .take()
+            .expect("each line's record is taken once");
         Ok(Step::Line(PlacedLine {
             bytes: &share.chunk[line.start..line.end],
+            record,
             partition,
             offset,
             number: self.lines_before + line.index + 1,
@@ -483,14 +520,14 @@ mod tests {
             error.to_string().contains("/nonexistent/rides.jsonl"),
             "{error}"
         );
-        let chunks = Arc::new(LineChunks::new(
+        let chunks = Arc::new(LineChunks::<RideEvent>::new(
             vec![PathBuf::from("/nonexistent/rides.jsonl")],
             12,
             2,
         ));
         for worker in 0..2 {
             let error = WorkerLines::new(chunks.clone(), worker)
-                .next_line::<RideEvent>()
+                .next_line()
                 .unwrap_err();
             assert!(error.contains("/nonexistent/rides.jsonl"), "{error}");
         }
@@ -521,8 +558,20 @@ mod tests {
             .collect()
     }
 
+    /// A valid ride event of ride `ride`, its `ride_id` written as `ride_id` (plain or
+    /// escaped JSON text).
+    fn event_line(ride_id: &str, i: usize) -> Vec<u8> {
+        format!(
+            r#"{{"event_type":"requested","ride_id":"{ride_id}","timestamp":"2026-11-23T10:00:{:02}.000Z","city":"paris","estimated_fare":4.5,"user_id":"user-{i}","pickup":{{"lat":48.8,"lng":2.3}},"dropoff":{{"lat":48.9,"lng":2.4}}}}"#,
+            i % 60
+        )
+        .into_bytes()
+    }
+
     /// Workers taking turns (one stalled for a while): every line reaches exactly the owner
-    /// of its partition, with the offset and line number of a single reading in order.
+    /// of its partition, with the offset and line number of a single reading in order, and
+    /// with its record as parsed (valid events placed by their parsed key, anything else
+    /// by a scan of its key).
     #[test]
     fn each_line_reaches_its_owner_once_with_its_offset() {
         let dir = temp_dir("chunks");
@@ -531,6 +580,20 @@ mod tests {
                 7 => b"not json".to_vec(),
                 8 => Vec::new(),
                 9 => format!(r#"{{"city":"paris","n":{i}}}"#).into_bytes(),
+                10 => format!(
+                    r#"{{"event_type":"requested","ride_id":"ride-{}","n":{i}}}"#,
+                    i % 400
+                )
+                .into_bytes(),
+                11..=30 => event_line(&format!("ride-{}", i % 400), i),
+                31 => event_line(&format!("ride\\u002d{}", i % 400), i),
+                32 => event_line(&format!("ride-\\\"{}", i % 400), i),
+                33 => {
+                    let mut line = event_line(&format!("ride-{}", i % 400), i);
+                    line.pop();
+                    line.extend_from_slice(br#","nested":{"ride_id":"elsewhere"}}"#);
+                    line
+                }
                 _ => format!(r#"{{"ride_id":"ride-{}","n":{i}}}"#, i % 400).into_bytes(),
             })
             .collect();
@@ -541,13 +604,13 @@ mod tests {
         let partitions = 12;
         let expected = placed_in_order(&lines, partitions);
         for peers in [1, 2, 3] {
-            let shared = Arc::new(LineChunks::with_chunk_bytes(
+            let shared = Arc::new(LineChunks::<RideEvent>::with_chunk_bytes(
                 vec![a.clone(), b.clone()],
                 partitions,
                 peers,
                 300,
             ));
-            let mut workers: Vec<WorkerLines> = (0..peers)
+            let mut workers: Vec<WorkerLines<RideEvent>> = (0..peers)
                 .map(|worker| WorkerLines::new(shared.clone(), worker))
                 .collect();
             let mut got: Vec<(usize, Placed)> = Vec::new();
@@ -566,16 +629,19 @@ mod tests {
                             continue;
                         }
                     }
-                    match workers[worker].next_line::<RideEvent>().unwrap() {
-                        Step::Line(line) => got.push((
-                            worker,
-                            (
-                                line.number,
-                                line.partition,
-                                line.offset,
-                                line.bytes.to_vec(),
-                            ),
-                        )),
+                    match workers[worker].next_line().unwrap() {
+                        Step::Line(line) => {
+                            assert_eq!(line.record, RideEvent::parse(line.bytes));
+                            got.push((
+                                worker,
+                                (
+                                    line.number,
+                                    line.partition,
+                                    line.offset,
+                                    line.bytes.to_vec(),
+                                ),
+                            ))
+                        }
                         Step::Wait => {}
                         Step::End => ended[worker] = true,
                     }
@@ -593,6 +659,8 @@ mod tests {
             got.sort();
             assert_eq!(got.len(), expected.len(), "{peers} workers");
             assert!(got == expected, "{peers} workers: lines placed differently");
+            let valid = lines.iter().filter(|l| RideEvent::parse(l).is_ok()).count();
+            assert_eq!(valid, 3_000 / 50 * 23, "the valid events are valid");
             assert_eq!(workers[0].lines_read(), lines.len() as u64);
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -22,6 +22,10 @@ pub trait SourceRecord:
     /// The Kafka key of a raw line (`ride_id`, `driver_id`), if it has one: which partition
     /// the producer gives it.
     fn key_of(line: &[u8]) -> Option<Cow<'_, str>>;
+    /// The same key read from the parsed record: for every line that parses,
+    /// `key_of(line) == Some(parse(line)?.key())` (the file source places a valid line by
+    /// this, without scanning it again).
+    fn key(&self) -> &str;
     /// Adds a valid record to a writer batch (a no-op unless [`SourceRecord::STORED`]).
     fn store(sourced: Sourced<Self>, batch: &mut Batch);
 }
@@ -36,6 +40,9 @@ impl SourceRecord for RideEvent {
     }
     fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
         crate::kafka::partitioner::ride_id_key(line)
+    }
+    fn key(&self) -> &str {
+        &self.ride_id
     }
     fn store(sourced: Sourced<Self>, batch: &mut Batch) {
         batch.events.push(sourced);
@@ -52,6 +59,9 @@ impl SourceRecord for DriverLocation {
     }
     fn key_of(line: &[u8]) -> Option<Cow<'_, str>> {
         crate::kafka::partitioner::driver_id_key(line)
+    }
+    fn key(&self) -> &str {
+        &self.driver_id
     }
     fn store(_sourced: Sourced<Self>, _batch: &mut Batch) {}
 }
