@@ -1380,6 +1380,14 @@ mod tests {
             "[1, 2]",
             "[]",
             r#"{"lat": 48.1486, "lng": 17.1077}"#,
+            r#"{"lat":-33.9,"lng":-151.2}"#,
+            r#"{"lat":91,"lng":0}"#,
+            r#"{"lat":1,"lng":2,"lon":3}"#,
+            r#"{"lat":1,"lng":2,"lat":3}"#,
+            r#"{"lat":01,"lng":2}"#,
+            r#"{"lat":1.5e1,"lng":2}"#,
+            r#"{"lat":"1","lng":2}"#,
+            r#"{"lat":1,"lng":2 }"#,
             r#"{"lat":1,"lon":2}"#,
             r#"{"lat": 1, "lng": 2, "lat": "x"}"#,
             r#"{"lat": 1, "lng": 2, "lon": 3}"#,
@@ -1433,7 +1441,7 @@ mod tests {
                 "estimated_fare" => "8.5",
                 "user_id" => r#""user-1""#,
                 "driver_id" => r#""driver-1""#,
-                "pickup" | "dropoff" => r#"{"lat": 48.1486, "lng": 17.1077}"#,
+                "pickup" | "dropoff" => r#"{"lat":48.1486,"lng":17.1077}"#,
                 _ => "1",
             }
         }
@@ -1474,6 +1482,34 @@ mod tests {
             #[test]
             fn the_scanner_reads_what_serde_reads(text in message()) {
                 prop_assert_eq!(RideEvent::parse(text.as_bytes()), with_serde(text.as_bytes()), "{}", text);
+            }
+        }
+
+        /// Every point of [`VALUES`] (and the compact forms the fast path reads) as the
+        /// pickup of an otherwise valid event: the event serde reads, to the bit.
+        #[test]
+        fn points_read_as_serde_reads_them() {
+            let points = VALUES.iter().copied().chain([
+                r#"{"lat":48.1486,"lng":17.1077}"#,
+                r#"{"lat":-0.0,"lng":180}"#,
+                r#"{"lat":1,"lng":2"#,
+            ]);
+            for point in points {
+                let text = format!(
+                    r#"{{"event_type":"requested","ride_id":"r","timestamp":"2026-11-23T10:00:01.250Z","city":"x","user_id":"u","pickup":{point},"dropoff":{point}}}"#
+                );
+                let (fast, serde) = (
+                    RideEvent::parse(text.as_bytes()),
+                    with_serde(text.as_bytes()),
+                );
+                assert_eq!(fast, serde, "{text}");
+                let bits = |e: &Result<RideEvent, EventError>| {
+                    e.as_ref()
+                        .ok()
+                        .and_then(|e| e.pickup)
+                        .map(|p| (p.lat.to_bits(), p.lng.to_bits()))
+                };
+                assert_eq!(bits(&fast), bits(&serde), "{text}");
             }
         }
 

@@ -202,6 +202,9 @@ impl<'a> Cursor<'a> {
     /// are ignored, a repeated coordinate keeps its last value, `lon` stands in for a missing
     /// `lng`, and a point off the globe or missing a coordinate is none.
     fn point(&mut self) -> Option<Option<GeoPoint>> {
+        if let Some(point) = self.usual_point() {
+            return Some(point);
+        }
         self.eat(b'{')?;
         let (mut lat, mut lng, mut lon) = (None, None, None);
         self.blank();
@@ -225,6 +228,34 @@ impl<'a> Cursor<'a> {
             more = self.next_member()?;
         }
         Some(geo_point(lat, lng.or(lon)))
+    }
+
+    /// A point in its usual compact form, `{"lat":N,"lng":N}` with plain numbers, read as
+    /// [`Cursor::point`] reads it without reading its keys as strings (they were most of the
+    /// scanner's string reading); `None` leaves the cursor for the general reading.
+    fn usual_point(&mut self) -> Option<Option<GeoPoint>> {
+        let start = self.pos;
+        let point = self.usual_coordinates();
+        if point.is_none() {
+            self.pos = start;
+        }
+        point.map(|(lat, lng)| geo_point(Some(lat), Some(lng)))
+    }
+
+    fn usual_coordinates(&mut self) -> Option<(f64, f64)> {
+        let coordinate = |cursor: &mut Cursor<'_>, prefix: &[u8]| {
+            let bytes = cursor.text.as_bytes();
+            (bytes.get(cursor.pos..cursor.pos + prefix.len())? == prefix).then_some(())?;
+            cursor.pos += prefix.len();
+            match bytes.get(cursor.pos)? {
+                b'-' | b'0'..=b'9' => cursor.number(),
+                _ => None,
+            }
+        };
+        let lat = coordinate(self, b"{\"lat\":")?;
+        let lng = coordinate(self, b",\"lng\":")?;
+        (self.peek()? == b'}').then(|| self.pos += 1)?;
+        Some((lat, lng))
     }
 
     /// The value of field `FIELDS[index]`, into `event`.
