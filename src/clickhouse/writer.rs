@@ -2,15 +2,16 @@
 //!
 //! Sink operators hand [`Batch`]es to the [`Writer`] and get a [`Ticket`] back; the writer
 //! thread performs each batch in order — raw events into `ride_events`, dead-letter rows into
-//! `dead_letters`, metric rows into `city_metrics` and to `analytics-aggregated`, supply rows
-//! into `city_supply` and to `city-supply`, per-minute rollup rows into `city_minutes`, while
-//! the batch's dead letters go to the dead-letter topic on a thread of their own; then
-//! checkpoints — and marks the ticket done only when every part is durable (ClickHouse
+//! `dead_letters`, metric rows into `city_metrics`, supply rows into `city_supply`,
+//! per-minute rollup rows into `city_minutes`, while the metric and supply rows go to
+//! `analytics-aggregated` and `city-supply` on a scoped thread and the batch's dead letters
+//! to the dead-letter topic on a thread of their own; then checkpoints — and marks the ticket done only when every part is durable (ClickHouse
 //! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
 //! it, which is how durability flows back into the dataflow (see `sinks`).
 //! Batches queued together, or submitted within the writer's [`WriteInterval`] of the
 //! previous write's start, are written as one (one insert per table), and each of their
-//! sinks is woken when it is durable.
+//! sinks is woken when it is durable; the sinks' last batches at the end of a run are
+//! written together ([`Writer::open_sink`]).
 //!
 //! Failures are classified (see [`Severity`] and [`crate::kafka::Disposition`]):
 //! - transient ones (connection refused, timeouts, 5xx, overload codes, undelivered
@@ -161,8 +162,9 @@ pub struct Batch {
     pub minutes: Vec<CityMinuteRow>,
     /// Checkpoints, written after everything before them.
     pub checkpoints: Vec<CheckpointRecord>,
-    /// The submitting sink's input is done (its last batch): written without waiting for
-    /// more batches to merge, so a run's last rows are not held back.
+    /// The submitting sink's input is done (its last batch). Once every sink's last batch
+    /// is in (see [`Writer::open_sink`]) the write starts without waiting for more batches
+    /// to merge, so a run's last rows are not held back, and go out in one write.
     pub last: bool,
 }
 
@@ -241,6 +243,8 @@ pub struct WriterStats {
 
 struct Shared {
     inflight_rows: AtomicUsize,
+    /// Sinks that have not submitted their last batch yet.
+    open_sinks: AtomicUsize,
     fatal: Mutex<Option<String>>,
     stats: WriterStats,
 }
@@ -299,6 +303,7 @@ impl Writer {
         };
         let shared = Arc::new(Shared {
             inflight_rows: AtomicUsize::new(0),
+            open_sinks: AtomicUsize::new(0),
             fatal: Mutex::new(None),
             stats: WriterStats::default(),
         });
@@ -315,6 +320,15 @@ impl Writer {
         })
     }
 
+    /// Counts a sink that will submit a last batch ([`Batch::last`]) when its input ends.
+    /// While any counted sink is open, a last batch does not cut the gathering of a write
+    /// short: the sinks of a run end within milliseconds of each other, and their last
+    /// batches were written one after the other (two or three writes of ~50–120 ms at the
+    /// end of every file run, where one does).
+    pub fn open_sink(&self) {
+        self.shared.open_sinks.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Queues a batch; blocks only when the queue is full (the source backs off before
     /// that). `activator` is woken when the batch is durable.
     pub fn submit(&self, batch: Batch, activator: Option<SyncActivator>) -> Ticket {
@@ -322,6 +336,15 @@ impl Writer {
         self.shared
             .inflight_rows
             .fetch_add(batch.len(), Ordering::Relaxed);
+        if batch.last {
+            // Before the batch is sent, so the writer never sees it with the sink open.
+            let _ =
+                self.shared
+                    .open_sinks
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                        open.checked_sub(1)
+                    });
+        }
         let sender = self.sender.lock().expect("not poisoned").clone();
         if let Some(sender) = sender {
             // A closed channel means the writer thread ended after a fatal error; the ticket
@@ -422,7 +445,13 @@ fn run(
         if shared.fatal.lock().expect("not poisoned").is_some() {
             break; // the dead-letter thread stopped the job
         }
-        let (mut batch, waiting) = gather(first, &receiver, last_write, interval.duration());
+        let (mut batch, waiting) = gather(
+            first,
+            &receiver,
+            last_write,
+            interval.duration(),
+            &shared.open_sinks,
+        );
         last_write = Some(Instant::now());
         let dead = std::mem::take(&mut batch.dead);
         let completion = Arc::new(Completion {
@@ -470,7 +499,8 @@ fn run(
 
 /// The batches written as one: `first`, every batch already queued behind it, and those
 /// that arrive until `interval` has passed since the previous write began (or
-/// [`MAX_MERGED_ROWS`] are gathered, or a sink's last batch comes). A live job's sinks
+/// [`MAX_MERGED_ROWS`] are gathered, or every sink's last batch is in: `open_sinks` is 0
+/// and a last batch came). A live job's sinks
 /// submit about once per emit interval, so it seldom waits; a file run's sinks submit at
 /// every minute of event time, forty times a second, and each insert costs ClickHouse a new
 /// part (then merges) and Tansu a produce (see [`WriteInterval`]).
@@ -479,6 +509,7 @@ fn gather(
     receiver: &Receiver<Job>,
     last_write: Option<Instant>,
     interval: Duration,
+    open_sinks: &AtomicUsize,
 ) -> (Batch, Vec<(Ticket, Option<SyncActivator>)>) {
     let (mut batch, ticket, activator) = first;
     let mut waiting = vec![(ticket, activator)];
@@ -488,8 +519,9 @@ fn gather(
             Ok(job) => job,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
+                let ended = batch.last && open_sinks.load(Ordering::Acquire) == 0;
                 let Some(wait) = due
-                    .filter(|_| !batch.last)
+                    .filter(|_| !ended)
                     .and_then(|due| due.checked_duration_since(Instant::now()))
                 else {
                     break;
@@ -560,8 +592,23 @@ fn write(
 ) -> Result<(), String> {
     let stats = &shared.stats;
     let now_ms = chrono::Utc::now().timestamp_millis();
+    // The result rows go to their topics meanwhile, on their own thread: a delivery waits
+    // for the broker's acknowledgements (~40 ms a write with the local Tansu), which the
+    // inserts need not wait for. Neither depends on the other's outcome.
+    let (tables, topics) = std::thread::scope(|scope| {
+        let topics = (!batch.metrics.is_empty() || !batch.supply.is_empty())
+            .then(|| scope.spawn(|| publish_result_rows(d, stats, batch)));
+        let tables = runtime.block_on(write_tables(d, batch, dead_rows, stats, now_ms));
+        let topics = topics.map_or(Ok(()), |thread| {
+            thread
+                .join()
+                .unwrap_or_else(|_| Err("the result rows' delivery panicked".into()))
+        });
+        (tables, topics)
+    });
     // Rows ClickHouse refused are dead letters too (rare: after the rest, in one go).
-    let rejected = runtime.block_on(write_tables(d, batch, dead_rows, stats, now_ms))?;
+    let rejected = tables?;
+    topics?;
     if !rejected.is_empty() {
         let refused = deliver_dead_letters(d, stats, &rejected)?;
         write_dead_letter_rows(runtime, d, stats, &rejected, now_ms)?;
@@ -621,14 +668,9 @@ async fn write_tables(
         insert_dead_letter_rows(d, stats, dead_rows).await?;
     }
     if !batch.metrics.is_empty() {
-        let finals = write_result_rows(
-            d,
-            stats,
-            "city_metrics",
-            Some(&d.aggregated),
-            &batch.metrics,
-            |row| MetricsRecord::new(row, d.layout.metrics_ms),
-        )
+        let finals = write_result_rows(d, stats, "city_metrics", &batch.metrics, |row| {
+            MetricsRecord::new(row, d.layout.metrics_ms)
+        })
         .await?;
         stats
             .metrics
@@ -636,14 +678,9 @@ async fn write_tables(
         stats.finals.fetch_add(finals, Ordering::Relaxed);
     }
     if !batch.supply.is_empty() {
-        let finals = write_result_rows(
-            d,
-            stats,
-            "city_supply",
-            Some(&d.city_supply),
-            &batch.supply,
-            |row| SupplyRecord::new(row, d.layout.supply_ms),
-        )
+        let finals = write_result_rows(d, stats, "city_supply", &batch.supply, |row| {
+            SupplyRecord::new(row, d.layout.supply_ms)
+        })
         .await?;
         stats
             .supply
@@ -651,7 +688,7 @@ async fn write_tables(
         stats.supply_finals.fetch_add(finals, Ordering::Relaxed);
     }
     if !batch.minutes.is_empty() {
-        write_result_rows(d, stats, "city_minutes", None, &batch.minutes, |row| {
+        write_result_rows(d, stats, "city_minutes", &batch.minutes, |row| {
             MinuteRecord::new(row, d.layout.minutes_ms)
         })
         .await?;
@@ -707,13 +744,12 @@ impl ResultRow for CitySupplyRow {
     }
 }
 
-/// Writes result rows to `table` (a row ClickHouse refuses is logged and counted) and to
-/// `producer`'s topic, if any; returns how many of them are final.
+/// Writes result rows to `table` (a row ClickHouse refuses is logged and counted); returns
+/// how many of them are final.
 async fn write_result_rows<Row, Record>(
     d: &Destinations,
     stats: &WriterStats,
     table: &str,
-    producer: Option<&CountingProducer>,
     rows: &[Row],
     record: impl Fn(&Row) -> Record,
 ) -> Result<u64, String>
@@ -730,9 +766,25 @@ where
     stats
         .rejected_rows
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let Some(producer) = producer else {
-        return Ok(rows.iter().filter(|r| r.is_final()).count() as u64);
-    };
+    Ok(rows.iter().filter(|r| r.is_final()).count() as u64)
+}
+
+/// Sends a batch's metric and supply rows to their topics (the minute rows have none).
+fn publish_result_rows(d: &Destinations, stats: &WriterStats, batch: &Batch) -> Result<(), String> {
+    publish(stats, &d.aggregated, &batch.metrics)?;
+    publish(stats, &d.city_supply, &batch.supply)
+}
+
+/// Sends result rows as JSON, keyed by city, to `producer`'s topic (a row the topic refuses
+/// is logged and counted).
+fn publish<Row: ResultRow>(
+    stats: &WriterStats,
+    producer: &CountingProducer,
+    rows: &[Row],
+) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let json: Vec<Vec<u8>> = rows
         .iter()
         .map(|row| serde_json::to_vec(row).expect("rows serialize"))
@@ -750,7 +802,7 @@ where
         let row = &rows[index];
         error!(city = %row.city(), at = %row.when(), topic = %producer.topic(), %error, "the topic refused a result row");
     }
-    Ok(rows.iter().filter(|r| r.is_final()).count() as u64)
+    Ok(())
 }
 
 /// Sends `dead` to the dead-letter topic (counted once delivered); returns the ones the
@@ -1012,6 +1064,8 @@ mod tests {
 
     /// A live job's interval (the gathering rules do not depend on which).
     const INTERVAL: Duration = Duration::from_millis(200);
+    /// No sink counted (a last batch ends the gathering at once).
+    static NO_SINKS: AtomicUsize = AtomicUsize::new(0);
 
     fn job(checkpoints: usize) -> (Job, Ticket) {
         let checkpoint = CheckpointRecord {
@@ -1040,7 +1094,7 @@ mod tests {
             sender.send(job(rows).0).unwrap();
         }
         let started = Instant::now();
-        let (batch, waiting) = gather(first, &receiver, None, INTERVAL);
+        let (batch, waiting) = gather(first, &receiver, None, INTERVAL, &NO_SINKS);
         assert_eq!((batch.checkpoints.len(), waiting.len()), (6, 3));
         assert!(started.elapsed() < INTERVAL);
     }
@@ -1055,7 +1109,7 @@ mod tests {
             // Kept open past the interval: the gathering ends on time, not on a hang-up.
             std::thread::sleep(INTERVAL * 2);
         });
-        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL);
+        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL, &NO_SINKS);
         assert_eq!((batch.checkpoints.len(), waiting.len()), (5, 2));
         late.join().unwrap();
     }
@@ -1072,10 +1126,49 @@ mod tests {
             &receiver,
             Some(started),
             INTERVAL,
+            &NO_SINKS,
         );
         assert_eq!((batch.checkpoints.len(), waiting.len()), (3, 2));
         assert!(started.elapsed() < INTERVAL / 2);
         drop(sender);
+    }
+
+    /// With two sinks open, the first one's last batch waits for the second one's, and
+    /// the write starts as soon as that is in (not at the end of the interval).
+    #[test]
+    fn the_sinks_last_batches_are_written_together() {
+        let (sender, receiver) = sync_channel::<Job>(QUEUE_DEPTH);
+        let open = Arc::new(AtomicUsize::new(2));
+        let ((mut first, ticket, activator), _) = job(1);
+        first.last = true;
+        open.fetch_sub(1, Ordering::AcqRel);
+        let other = {
+            let open = open.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(INTERVAL / 8);
+                sender.send(job(2).0).unwrap();
+                std::thread::sleep(INTERVAL / 8);
+                let ((mut last, ticket, activator), _) = job(3);
+                last.last = true;
+                open.fetch_sub(1, Ordering::AcqRel);
+                sender.send((last, ticket, activator)).unwrap();
+                // Kept open: the gathering ends on the last batch, not on a hang-up.
+                std::thread::sleep(INTERVAL * 4);
+            })
+        };
+        let started = Instant::now();
+        let long = INTERVAL * 4;
+        let (batch, waiting) = gather(
+            (first, ticket, activator),
+            &receiver,
+            Some(started),
+            long,
+            &open,
+        );
+        assert_eq!((batch.checkpoints.len(), waiting.len()), (6, 3));
+        assert!(batch.last);
+        assert!(started.elapsed() < long / 2, "it waited for the interval");
+        other.join().unwrap();
     }
 
     #[test]
@@ -1083,7 +1176,7 @@ mod tests {
         let (sender, receiver) = sync_channel::<Job>(QUEUE_DEPTH);
         let (first, _) = job(MAX_MERGED_ROWS);
         sender.send(job(1).0).unwrap();
-        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL);
+        let (batch, waiting) = gather(first, &receiver, Some(Instant::now()), INTERVAL, &NO_SINKS);
         assert_eq!(
             (batch.checkpoints.len(), waiting.len()),
             (MAX_MERGED_ROWS, 1)
@@ -1095,6 +1188,7 @@ mod tests {
     fn a_merged_write_completes_every_ticket_and_releases_every_row() {
         let shared = Shared {
             inflight_rows: AtomicUsize::new(9),
+            open_sinks: AtomicUsize::new(0),
             fatal: Mutex::new(None),
             stats: WriterStats::default(),
         };

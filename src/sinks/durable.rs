@@ -57,6 +57,7 @@ where
     K: FnMut(A) + 'static,
 {
     let scope = stream.scope();
+    writer.open_sink();
     stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Pipeline,
         name,
