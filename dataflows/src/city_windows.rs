@@ -27,6 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use compact_str::CompactString;
+
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
@@ -138,7 +140,7 @@ impl WindowState {
         // riders in, rather than sorting the minute's thousands again per update. (The
         // riders are distinct, so stable or not is the same order.)
         bucket.riders.sort();
-        let riders: Vec<String> = bucket.riders.iter().map(InlineName::to_text).collect();
+        let riders: Vec<CompactString> = bucket.riders.iter().map(InlineName::to_compact).collect();
         let counts = &bucket.counts;
         CityMinuteRow {
             minute: Timestamp(minute as i64 * 60_000),

@@ -56,6 +56,11 @@ impl InlineName {
     pub(crate) fn to_text(&self) -> String {
         self.as_text().into_owned()
     }
+
+    /// The name as a `CompactString` (inline up to 24 bytes, so no heap for usual ids).
+    pub(crate) fn to_compact(&self) -> compact_str::CompactString {
+        compact_str::CompactString::new(self.as_text())
+    }
 }
 
 impl From<&str> for InlineName {

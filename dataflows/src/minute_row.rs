@@ -9,6 +9,7 @@
 //! across minutes, but sets do, so "distinct riders in the last hour" stays exact
 //! (`uniqExact(arrayJoin(riders))` over 60 rows per city).
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Timestamp;
@@ -38,8 +39,11 @@ pub struct CityMinuteRow {
     pub fares: u64,
     /// Distinct `user_id`s of the minute (the length of `riders`).
     pub unique_riders: u64,
-    /// The distinct `user_id`s, sorted (so a replay writes the identical row).
-    pub riders: Vec<String>,
+    /// The distinct `user_id`s, sorted (so a replay writes the identical row). Inline
+    /// strings: a minute row carries thousands, and as `String`s each was a heap
+    /// allocation made by the worker and freed by the writer thread (twice, with the
+    /// writer's copy for its insert).
+    pub riders: Vec<CompactString>,
     /// The largest event time among them (ms since the epoch): what freshness reads.
     pub max_event_ms: i64,
     /// 1 once the watermark has passed the minute's end.

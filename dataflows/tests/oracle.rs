@@ -166,7 +166,7 @@ fn check_minutes(rows: &[CityMinuteRow], partitions: &[Vec<RideEvent>], what: &s
             got.fare_sum,
             want.fare_sum
         );
-        let riders: BTreeSet<String> = got.riders.iter().cloned().collect();
+        let riders: BTreeSet<String> = got.riders.iter().map(|r| r.to_string()).collect();
         assert_eq!(riders, want.riders, "{what}: {key:?} riders");
         assert_eq!(got.riders.len() as u64, got.unique_riders);
         assert!(got.riders.windows(2).all(|w| w[0] < w[1]), "sorted");

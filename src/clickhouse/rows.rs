@@ -5,6 +5,7 @@
 //! [`Moment`], which encodes itself for the table it goes to (see [`super::schema::Layout`]).
 
 use clickhouse::Row;
+use compact_str::CompactString;
 use dataflows::metrics_row::CityMetricsRow;
 use dataflows::minute_row::CityMinuteRow;
 use dataflows::partitioned_source::SourcedEvent;
@@ -163,7 +164,7 @@ pub struct MinuteRecord {
     /// `unique_riders`.
     pub unique_riders: u64,
     /// `riders` (Array(String)).
-    pub riders: Vec<String>,
+    pub riders: Vec<CompactString>,
     /// `max_event_ms`.
     pub max_event_ms: i64,
     /// `is_final`.
