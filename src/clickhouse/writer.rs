@@ -5,10 +5,10 @@
 //! `dead_letters`, metric rows into `city_metrics`, supply rows into `city_supply`,
 //! per-minute rollup rows into `city_minutes`, while the metric and supply rows go to
 //! `analytics-aggregated` and `city-supply` on a scoped thread and the batch's dead letters
-//! to the dead-letter topic on a thread of their own; then checkpoints — and marks the ticket done only when every part is durable (ClickHouse
-//! answered 200, Kafka confirmed every delivery). Then it wakes the operator that submitted
-//! it, which is how durability flows back into the dataflow (see `sinks`).
-//! Batches queued together, or submitted within the writer's [`WriteInterval`] of the
+//! to the dead-letter topic on a thread of their own; then checkpoints — and marks the
+//! ticket done only when every part is durable (ClickHouse answered 200, Kafka confirmed
+//! every delivery). Then it wakes the operator that submitted it, which is how durability
+//! flows back into the dataflow (see `sinks`). Batches queued together, or submitted within the writer's [`WriteInterval`] of the
 //! previous write's start, are written as one (one insert per table), and each of their
 //! sinks is woken when it is durable; the sinks' last batches at the end of a run are
 //! written together ([`Writer::open_sink`]).
@@ -499,11 +499,11 @@ fn run(
 
 /// The batches written as one: `first`, every batch already queued behind it, and those
 /// that arrive until `interval` has passed since the previous write began (or
-/// [`MAX_MERGED_ROWS`] are gathered, or every sink's last batch is in: `open_sinks` is 0
-/// and a last batch came). A live job's sinks
-/// submit about once per emit interval, so it seldom waits; a file run's sinks submit at
-/// every minute of event time, forty times a second, and each insert costs ClickHouse a new
-/// part (then merges) and Tansu a produce (see [`WriteInterval`]).
+/// [`MAX_MERGED_ROWS`] are gathered, or every sink's last batch is in: a last batch came
+/// and `open_sinks` is 0). A live job's sinks submit about once per emit interval, so it
+/// seldom waits; a file run's sinks submit at every minute of event time, forty times a
+/// second, and each insert costs ClickHouse a new part (then merges) and Tansu a produce
+/// (see [`WriteInterval`]).
 fn gather(
     first: Job,
     receiver: &Receiver<Job>,

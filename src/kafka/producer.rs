@@ -1,8 +1,9 @@
 //! A producer that accounts for every message: delivered, failed, or still in flight.
 //!
 //! librdkafka reports each message's fate asynchronously; this wraps its producer (with a
-//! thread serving those reports, [`PolledProducer`]) and a context that counts them, pushes back (instead of dropping) when the
-//! local queue is full, and turns any failure into a [`KafkaError::Delivery`] at the end.
+//! thread serving those reports, `PolledProducer`) with a context that counts them, pushes
+//! back (instead of dropping) when the local queue is full, and turns any failure into a
+//! [`KafkaError::Delivery`] at the end.
 //!
 //! [`CountingProducer::deliver`] is the job's way to write: it keeps a bounded number of
 //! messages unconfirmed (so a flood of dead letters is paced at the rate the broker accepts
@@ -34,8 +35,11 @@ const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the polling thread sleeps at most between two looks at librdkafka's queue when
 /// no wake-up comes (a safety net: librdkafka wakes it when a report is queued).
 const IDLE_POLL_MS: libc::c_int = 100;
-/// Events served per wake-up at most before the thread waits again.
+/// Events served per wake-up at most before the thread pauses for [`BUSY_POLL_MS`].
 const MAX_EVENTS_PER_WAKE: usize = 10_000;
+/// The pause after a wake-up that left events queued (a flood of reports), instead of the
+/// idle sleep: librdkafka writes to the eventfd only when the queue was empty.
+const BUSY_POLL_MS: libc::c_int = 1;
 
 /// Running totals of delivery reports.
 #[derive(Debug, Default)]
@@ -206,6 +210,11 @@ fn serve_reports(producer: &BaseProducer<CountingContext>, wake: RawFd, stop: &A
         if stop.load(Ordering::Acquire) {
             break;
         }
+        let timeout = if served < MAX_EVENTS_PER_WAKE {
+            IDLE_POLL_MS
+        } else {
+            BUSY_POLL_MS
+        };
         let mut ready = libc::pollfd {
             fd: wake,
             events: libc::POLLIN,
@@ -215,7 +224,7 @@ fn serve_reports(producer: &BaseProducer<CountingContext>, wake: RawFd, stop: &A
         // SAFETY: one valid pollfd; `counter` holds the eventfd's eight bytes (the read
         // resets it; on an empty one it fails with EAGAIN, which is fine).
         unsafe {
-            libc::poll(&mut ready, 1, IDLE_POLL_MS);
+            libc::poll(&mut ready, 1, timeout);
             libc::read(wake, counter.as_mut_ptr().cast(), counter.len());
         }
     }
