@@ -81,3 +81,25 @@ fn a_bad_config_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("kafka.replication_factor"), "{stderr}");
 }
+
+/// A job asks the broker for each of its topics by name; one that is missing is named, not
+/// mistaken for another (a name that is a prefix of an existing topic's, or a deleted one).
+#[test]
+fn a_job_names_its_missing_topic() {
+    let ns = Namespace::new("jobtopic");
+    ns.create_topics();
+    let missing = format!("{}-missing", ns.config.topics.dead_letters);
+    let prefix = &ns.config.topics.city_supply[..ns.config.topics.city_supply.len() - 1];
+    for topic in [missing.as_str(), prefix] {
+        let ns = ns.with("topics.city_supply", topic);
+        let output = ns.try_run(&["run", "--until-end"]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "topic `{topic}` does not exist (run `ridepulse topics create`)"
+            )),
+            "{stderr}"
+        );
+    }
+}

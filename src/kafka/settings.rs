@@ -58,6 +58,12 @@ fn base(brokers: &str, client_id: &str) -> ClientConfig {
 /// For the AdminClient (topic creation and listing) and watermark look-ups.
 pub fn admin(brokers: &str) -> ClientConfig {
     let mut config = base(brokers, "ridepulse-admin");
+    config
+        // librdkafka waits this long before its first connection to the broker that the
+        // bootstrap connection's metadata named (the default 100 ms made a job's start-up
+        // wait ~50 ms between two metadata requests); it still doubles per failed attempt,
+        // up to reconnect.backoff.max.ms (10 s), so a down broker is not hammered.
+        .set("reconnect.backoff.ms", "5");
     read_uncommitted(&mut config);
     config
 }
