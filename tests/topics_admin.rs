@@ -83,7 +83,7 @@ fn a_bad_config_names_the_key() {
 }
 
 /// A job asks the broker for each of its topics by name; one that is missing is named, not
-/// mistaken for another (a name that is a prefix of an existing topic's, or a deleted one).
+/// mistaken for another (an existing topic's name with a suffix, or a prefix of one).
 #[test]
 fn a_job_names_its_missing_topic() {
     let ns = Namespace::new("jobtopic");
