@@ -39,7 +39,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::Bench;
 use crate::kafka::producer::CountingProducer;
@@ -695,6 +695,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 let path = bench.save(
                     &format!("broker-stress-{label}"),
                     json!({"label": label, "brokers": brokers, "events": events, "dead_letters": options.dead_letters}),
+                    Value::Null,
                     json!({"produce": {"ride_events": rides_produced, "dead_letters": dead_produced,
                                        "seconds": produce_seconds},
                            "while_producing": {"read_by_end_of_produce": read_when_produced},
@@ -1000,6 +1001,7 @@ pub(super) fn run(bench: &mut Bench) -> anyhow::Result<()> {
                "topics": all.len(), "partitions": all.iter().map(|t| t.partitions).sum::<i32>(),
                "filler_messages_per_topic": FILLER_MESSAGES, "restart_command": options.restart,
                "stall_limit_s": options.stall_limit, "file": file.display().to_string()}),
+        Value::Null,
         json!({
             "topics_seconds": topics_seconds,
             "produce": {"ride_events": rides_produced, "ride_events_per_sec": rides_produced.rate(),

@@ -2,7 +2,9 @@
 //!
 //! Scenarios (each on its own topics and database, named after the run):
 //! - `engine`: a generated file of N events (`simulate --out`) → `run --from-file` →
-//!   `city_metrics`; events/s and peak RSS with 1 and 2 workers. No broker in the way.
+//!   `city_metrics`; events/s and peak RSS with 1 and 2 workers, and the speed-up. No
+//!   broker in the way. `--rounds N` runs the worker counts N times, interleaved, and
+//!   reports medians and ranges: on a shared machine one run can land ±25 % from the next.
 //! - `kafka`: the same events as a Kafka backlog → `run --until-end -w 2`; events/s next to
 //!   a plain consumer reading the same backlog (the ratio is the figure that matters), and
 //!   whether its final rows equal the engine run's.
@@ -48,6 +50,11 @@ pub struct BenchOptions {
     /// Worker counts for engine.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub workers: Vec<usize>,
+    /// engine: rounds of the worker counts, interleaved (1, 2, 1, 2, ... workers), each run
+    /// on a fresh database; the table then gives each count's median and range, and the
+    /// median of the rounds' speed-ups (a shared machine's speed drifts from minute to minute).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Producer rates in events/min for freshness.
     #[arg(long, value_delimiter = ',', default_value = "50000,1000000")]
     pub rates: Vec<f64>,
@@ -163,6 +170,37 @@ fn machine() -> Value {
         "memory_mb": memory_kb.map(|k| k / 1024),
         "kernel": kernel.trim(),
     })
+}
+
+/// A figure's median and range over rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `None` for no values; the median of an even count is the mean of the middle two.
+    fn of(values: &[f64]) -> Option<Spread> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+        })
+    }
+
+    fn to_json(self) -> Value {
+        json!({"median": self.median, "min": self.min, "max": self.max})
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -319,10 +357,13 @@ impl Bench {
         Ok((summary, samples, peak))
     }
 
+    /// Writes a scenario's result file; `summary` (engine's medians over rounds) is left
+    /// out when null.
     fn save(
         &self,
         scenario: &str,
         parameters: Value,
+        summary: Value,
         figures: Value,
         samples: Value,
     ) -> anyhow::Result<PathBuf> {
@@ -330,7 +371,7 @@ impl Bench {
             &self.base.clickhouse,
         ))
         .unwrap_or_default();
-        let result = json!({
+        let mut result = json!({
             "scenario": scenario,
             "run": self.run,
             "date": chrono::Utc::now().to_rfc3339(),
@@ -345,6 +386,9 @@ impl Bench {
             "figures": figures,
             "samples": samples,
         });
+        if !summary.is_null() {
+            result["summary"] = summary;
+        }
         let path = self
             .options
             .out
@@ -373,43 +417,104 @@ impl Bench {
     fn engine(&mut self) -> anyhow::Result<()> {
         let events = self.options.events;
         let file = self.data_file(events)?;
+        let (counts, rounds) = (self.options.workers.clone(), self.options.rounds);
         let mut runs = Vec::new();
         let (mut tput, mut rss) = (Vec::new(), Vec::new());
-        for &workers in &self.options.workers.clone() {
-            let db = self.database(&format!("engine_w{workers}"));
-            let config = self.namespace("engine", &db);
-            self.output(&config, &["topics", "create"])?;
-            self.output(&config, &["migrate"])?;
-            let w = workers.to_string();
-            let (summary, samples, peak) = self.sampled_job(
-                &config,
-                &[
-                    "run",
-                    "--from-file",
-                    file.to_str().expect("utf-8"),
-                    "-w",
-                    &w,
-                ],
-                &format!("engine: {events} events from a file, {workers} worker(s)"),
-            )?;
-            let eps = field(&summary, "events_per_sec").unwrap_or(0.0);
-            self.figure(
-                "engine",
-                format!("{workers} worker(s): events/s"),
-                format!("{eps:.0}"),
-            );
-            self.figure(
-                "engine",
-                format!("{workers} worker(s): peak RSS"),
-                format!("{} MB", peak / 1024),
-            );
-            tput.push((format!("{workers} worker(s)"), throughput(&samples)));
-            rss.push((format!("{workers} worker(s)"), rss_mb(&samples)));
-            runs.push(
-                json!({"workers": workers, "summary": summary, "events_per_sec": eps,
-                             "peak_rss_kb": peak, "database": db, "samples": samples}),
-            );
-            self.engine_db = Some(db);
+        // Per worker count (in `counts` order): each round's events/s and peak RSS (kB).
+        let mut eps: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+        let mut peaks: Vec<Vec<u64>> = vec![Vec::new(); counts.len()];
+        for round in 1..=rounds {
+            for (i, &workers) in counts.iter().enumerate() {
+                let (tag, series, label) = if rounds == 1 {
+                    (
+                        format!("engine_w{workers}"),
+                        format!("{workers} worker(s)"),
+                        format!("engine: {events} events from a file, {workers} worker(s)"),
+                    )
+                } else {
+                    (
+                        format!("engine_w{workers}_r{round}"),
+                        format!("{workers} worker(s), round {round}"),
+                        format!(
+                            "engine: {events} events from a file, {workers} worker(s), round {round} of {rounds}"
+                        ),
+                    )
+                };
+                let db = self.database(&tag);
+                let config = self.namespace("engine", &db);
+                self.output(&config, &["topics", "create"])?;
+                self.output(&config, &["migrate"])?;
+                let w = workers.to_string();
+                let (summary, samples, peak) = self.sampled_job(
+                    &config,
+                    &[
+                        "run",
+                        "--from-file",
+                        file.to_str().expect("utf-8"),
+                        "-w",
+                        &w,
+                    ],
+                    &label,
+                )?;
+                let rate = field(&summary, "events_per_sec").unwrap_or(0.0);
+                eps[i].push(rate);
+                peaks[i].push(peak);
+                tput.push((series.clone(), throughput(&samples)));
+                rss.push((series, rss_mb(&samples)));
+                runs.push(
+                    json!({"workers": workers, "round": round, "summary": summary,
+                                 "events_per_sec": rate, "peak_rss_kb": peak, "database": db,
+                                 "samples": samples}),
+                );
+                self.engine_db = Some(db);
+            }
+        }
+        let mut summary = Vec::new();
+        for (i, &workers) in counts.iter().enumerate() {
+            let spread = Spread::of(&eps[i]).expect("at least one round");
+            let peak = peaks[i].iter().copied().max().unwrap_or(0);
+            if rounds == 1 {
+                self.figure(
+                    "engine",
+                    format!("{workers} worker(s): events/s"),
+                    format!("{:.0}", spread.median),
+                );
+                self.figure(
+                    "engine",
+                    format!("{workers} worker(s): peak RSS"),
+                    format!("{} MB", peak / 1024),
+                );
+            } else {
+                self.figure(
+                    "engine",
+                    format!("{workers} worker(s): events/s, median of {rounds} rounds"),
+                    format!("{:.0} ({:.0}–{:.0})", spread.median, spread.min, spread.max),
+                );
+                self.figure(
+                    "engine",
+                    format!("{workers} worker(s): peak RSS, highest of {rounds} rounds"),
+                    format!("{} MB", peak / 1024),
+                );
+            }
+            let mut entry = json!({"workers": workers, "events_per_sec": spread.to_json(),
+                                   "peak_rss_kb_max": peak});
+            // Each round's speed-up over the first count, taken within the round.
+            if i > 0 {
+                let ratios: Vec<f64> = eps[i].iter().zip(&eps[0]).map(|(a, b)| a / b).collect();
+                let ratio = Spread::of(&ratios).expect("at least one round");
+                let name = format!("{workers} / {} worker(s), within a round", counts[0]);
+                let value = if rounds == 1 {
+                    format!("{:.2}×", ratio.median)
+                } else {
+                    format!(
+                        "median {:.2}× ({:.2}–{:.2}×)",
+                        ratio.median, ratio.min, ratio.max
+                    )
+                };
+                self.figure("engine", name, value);
+                entry["speedup"] = ratio.to_json();
+            }
+            summary.push(entry);
         }
         plot::lines(
             &self.png("engine-throughput"),
@@ -427,8 +532,9 @@ impl Bench {
         )?;
         let path = self.save(
             "engine",
-            json!({"events": events, "file": file, "workers": self.options.workers}),
-            json!(runs.iter().map(|r| json!({"workers": r["workers"], "events_per_sec": r["events_per_sec"], "peak_rss_kb": r["peak_rss_kb"]})).collect::<Vec<_>>()),
+            json!({"events": events, "file": file, "workers": counts, "rounds": rounds}),
+            json!({"rounds": summary}),
+            json!(runs.iter().map(|r| json!({"workers": r["workers"], "round": r["round"], "events_per_sec": r["events_per_sec"], "peak_rss_kb": r["peak_rss_kb"]})).collect::<Vec<_>>()),
             json!(runs),
         )?;
         self.figure("engine", "results", path.display().to_string());
@@ -518,6 +624,7 @@ impl Bench {
         let path = self.save(
             "kafka",
             json!({"events": events, "partitions": 12, "workers": 2}),
+            Value::Null,
             json!({"job_events_per_sec": eps, "consumer_events_per_sec": consumer_rate, "ratio": ratio,
                    "peak_rss_kb": peak, "equal_to_engine": equal, "summary": summary, "consumer": consumed.trim()}),
             json!(samples),
@@ -604,6 +711,7 @@ impl Bench {
         let path = self.save(
             "freshness",
             json!({"rates_per_min": self.options.rates, "duration_s": self.options.duration.as_secs(), "probe_every_ms": 250, "poll_every_ms": 100, "job": "run -w 2 (live)"}),
+            Value::Null,
             json!(results.iter().map(|r| json!({"rate_per_min": r["rate_per_min"], "p50_s": r["p50_s"], "p95_s": r["p95_s"], "p99_s": r["p99_s"], "max_s": r["max_s"], "not_visible": r["not_visible"]})).collect::<Vec<_>>()),
             json!(results),
         )?;
@@ -797,6 +905,7 @@ impl Bench {
         let path = self.save(
             "soak",
             json!({"rate_per_min": 50000, "duration_s": self.options.soak.as_secs()}),
+            Value::Null,
             json!({"rss_early_mb": early, "rss_late_mb": late, "heap_early_mb": heap_early, "heap_late_mb": heap_late, "peak_rss_kb": peak, "written": written}),
             json!(samples),
         )?;
@@ -808,4 +917,35 @@ impl Bench {
 /// Whether `path` holds a PNG image (the plots; used by the harness's test).
 pub fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    /// The median of an odd count is the middle value, of an even count the mean of the
+    /// middle two, whatever the order the rounds came in; the range is the extremes.
+    #[test]
+    fn spread_is_the_median_and_range_of_the_rounds() {
+        let odd = Spread::of(&[950.0, 610.0, 1_100.0, 880.0, 700.0]).unwrap();
+        assert_eq!(
+            odd,
+            Spread {
+                median: 880.0,
+                min: 610.0,
+                max: 1_100.0
+            }
+        );
+        let even = Spread::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!(
+            even,
+            Spread {
+                median: 2.5,
+                min: 1.0,
+                max: 4.0
+            }
+        );
+        assert_eq!(Spread::of(&[7.0]).unwrap().median, 7.0);
+        assert_eq!(Spread::of(&[]), None);
+    }
 }
