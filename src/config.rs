@@ -239,6 +239,37 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// The user's password (never printed).
     pub password: Secret,
+    /// How inserts travel: `auto` (default: uncompressed to a server on this machine, a
+    /// loopback address, where LZ4 would only cost CPU on both ends; LZ4 to any other),
+    /// `lz4` or `none`.
+    pub compression: String,
+}
+
+impl ClickHouseConfig {
+    /// Whether inserts are sent LZ4-compressed. `validate` has checked the value.
+    pub fn compresses(&self) -> bool {
+        match self.compression.as_str() {
+            "lz4" => true,
+            "none" => false,
+            _ => !is_loopback(&self.url),
+        }
+    }
+}
+
+/// Whether an `http(s)://` URL's host is this machine: `localhost` or a loopback address
+/// (`127.0.0.0/8`, `[::1]`).
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Default for ClickHouseConfig {
@@ -248,6 +279,7 @@ impl Default for ClickHouseConfig {
             database: "ridepulse".into(),
             user: "default".into(),
             password: Secret::default(),
+            compression: "auto".into(),
         }
     }
 }
@@ -493,6 +525,12 @@ impl Config {
         {
             return invalid("clickhouse.url", "must start with http:// or https://");
         }
+        if !["auto", "lz4", "none"].contains(&self.clickhouse.compression.as_str()) {
+            return invalid(
+                "clickhouse.compression",
+                &format!("`{}` is not auto, lz4 or none", self.clickhouse.compression),
+            );
+        }
         let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
         if self.clickhouse.database.is_empty() || !self.clickhouse.database.chars().all(ident) {
             return invalid(
@@ -709,6 +747,7 @@ mod tests {
             ("topics.city_supply=a b", "topics.city_supply"),
             ("metrics.listen=localhost", "metrics.listen"),
             ("supply.enabled=yes", "supply.enabled"),
+            ("clickhouse.compression=gzip", "clickhouse.compression"),
         ] {
             let overrides = if key == "window.length_minutes" {
                 vec![set, "window.slide_minutes=2"]
@@ -723,6 +762,38 @@ mod tests {
         }
         let error = load(None, &[], &["no-equals-sign"]).unwrap_err();
         assert!(error.to_string().contains("section.key=value"), "{error}");
+    }
+
+    /// `auto` sends inserts uncompressed only to this machine, whatever the URL's spelling.
+    #[test]
+    fn inserts_are_compressed_except_to_this_machine() {
+        let with = |url: &str, compression: &str| ClickHouseConfig {
+            url: url.into(),
+            compression: compression.into(),
+            ..ClickHouseConfig::default()
+        };
+        for local in [
+            "http://127.0.0.1:8123",
+            "http://localhost:8123/",
+            "https://LOCALHOST",
+            "http://127.0.1.1:8123",
+            "http://[::1]:8123",
+            "http://user:pw@127.0.0.1:8123",
+        ] {
+            assert!(!with(local, "auto").compresses(), "{local}");
+            assert!(with(local, "lz4").compresses(), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:8123",
+            "https://ch.example.com:8443",
+            "http://localhost.example.com:8123",
+            "http://[2001:db8::1]:8123",
+            "http://127.0.0.1.example.com",
+            "http://user:pw@10.0.0.5",
+        ] {
+            assert!(with(remote, "auto").compresses(), "{remote}");
+            assert!(!with(remote, "none").compresses(), "{remote}");
+        }
     }
 
     #[test]

@@ -64,7 +64,8 @@ fn files_give_the_rows_of_the_kafka_path() {
     assert!(supply.len() > 100, "{}", supply.len());
     assert_eq!(file.scalar("SELECT count() FROM city_supply"), 0);
 
-    // Two files, read in order, are the same stream.
+    // Two files, read in order, are the same stream; this run's inserts are LZ4-compressed
+    // (the others', to this machine, are not: `clickhouse.compression = auto`).
     let (first, second) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
     let half = lines.len() / 2;
     std::fs::write(&first, lines[..half].join("\n") + "\n").unwrap();
@@ -74,7 +75,8 @@ fn files_give_the_rows_of_the_kafka_path() {
             "clickhouse.database",
             &format!("{}_split", kafka.config.clickhouse.database),
         )
-        .with("supply.enabled", "true");
+        .with("supply.enabled", "true")
+        .with("clickhouse.compression", "lz4");
     split.migrate();
     let via_two = summary_of(&split.try_run(&[
         "run",

@@ -185,7 +185,14 @@ pub fn connect(config: &ClickHouseConfig) -> clickhouse::Client {
     let mut client = clickhouse::Client::default()
         .with_url(config.url.trim_end_matches('/'))
         .with_database(&config.database)
-        .with_validation(false);
+        .with_validation(false)
+        // LZ4 saves bytes on a network, and costs CPU on both ends: over loopback, ~2 % of a
+        // file run's CPU for nothing (`clickhouse.compression`).
+        .with_compression(if config.compresses() {
+            clickhouse::Compression::Lz4
+        } else {
+            clickhouse::Compression::None
+        });
     if !config.user.is_empty() {
         client = client.with_user(&config.user);
     }
