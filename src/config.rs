@@ -239,14 +239,15 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// The user's password (never printed).
     pub password: Secret,
-    /// How inserts travel: `auto` (default: uncompressed to a server on this machine, a
-    /// loopback address, where LZ4 would only cost CPU on both ends; LZ4 to any other),
-    /// `lz4` or `none`.
+    /// How inserts and query results travel: `auto` (default: uncompressed to and from a
+    /// server on this machine, a loopback address, where LZ4 would only cost CPU on both
+    /// ends; LZ4 with any other), `lz4` or `none`.
     pub compression: String,
 }
 
 impl ClickHouseConfig {
-    /// Whether inserts are sent LZ4-compressed. `validate` has checked the value.
+    /// Whether inserts and query results are LZ4-compressed. `validate` has checked the
+    /// value.
     pub fn compresses(&self) -> bool {
         match self.compression.as_str() {
             "lz4" => true,

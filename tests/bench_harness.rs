@@ -77,7 +77,7 @@ fn engine_and_kafka_scenarios_write_results_and_plots() {
         assert!(run["peak_rss_kb"].as_u64().unwrap() > 0, "{run}");
     }
     // The summary is the median of the runs it stands for, here the mean of two.
-    let summary = result["summary"]["rounds"].as_array().unwrap();
+    let summary = result["summary"].as_array().unwrap();
     for (entry, workers) in summary.iter().zip([1, 2]) {
         let rates: Vec<f64> = runs
             .iter()

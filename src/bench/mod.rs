@@ -357,8 +357,8 @@ impl Bench {
         Ok((summary, samples, peak))
     }
 
-    /// Writes a scenario's result file; `summary` (engine's medians over rounds) is left
-    /// out when null.
+    /// Writes a scenario's result file; `summary` (engine's medians and speed-ups over
+    /// rounds, one entry per worker count) is left out when null.
     fn save(
         &self,
         scenario: &str,
@@ -533,7 +533,7 @@ impl Bench {
         let path = self.save(
             "engine",
             json!({"events": events, "file": file, "workers": counts, "rounds": rounds}),
-            json!({"rounds": summary}),
+            json!(summary),
             json!(runs.iter().map(|r| json!({"workers": r["workers"], "round": r["round"], "events_per_sec": r["events_per_sec"], "peak_rss_kb": r["peak_rss_kb"]})).collect::<Vec<_>>()),
             json!(runs),
         )?;
