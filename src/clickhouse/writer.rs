@@ -11,7 +11,10 @@
 //! flows back into the dataflow (see `sinks`). Batches queued together, or submitted within the writer's [`WriteInterval`] of the
 //! previous write's start, are written as one (one insert per table), and each of their
 //! sinks is woken when it is durable; the sinks' last batches at the end of a run are
-//! written together ([`Writer::open_sink`]).
+//! written together ([`Writer::open_sink`]). A write's result tables are inserted
+//! concurrently, and the run's last write splits its minute rows (hundreds of thousands of
+//! riders in a backfill) into two concurrent inserts: ClickHouse handles an insert on one
+//! thread, and the workers are done.
 //!
 //! Failures are classified (see [`Severity`] and [`crate::kafka::Disposition`]):
 //! - transient ones (connection refused, timeouts, 5xx, overload codes, undelivered
@@ -405,6 +408,17 @@ impl Completion {
 /// Dead letters of one batch on their way to the dead-letter thread.
 type Letters = (Vec<DeadLetter>, Arc<Completion>);
 
+/// What one write puts in the tables.
+#[derive(Clone, Copy)]
+struct Tables<'a> {
+    /// The gathered batch (its minute rows' riders moved to `minutes`).
+    batch: &'a Batch,
+    /// The records of the batch's minute rows, in order.
+    minutes: &'a [MinuteRecord],
+    /// Concurrent inserts the minute records are split into.
+    shares: usize,
+}
+
 fn run(
     destinations: Destinations,
     receiver: Receiver<Job>,
@@ -466,7 +480,19 @@ fn run(
             // (then the ticket never completes and the job reports the error).
             let _ = letters.send((dead, completion.clone()));
         }
-        if let Err(error) = write(&runtime, &destinations, &batch, dead_rows, &shared) {
+        let minutes: Vec<MinuteRecord> = (batch.minutes.iter_mut())
+            .map(|row| MinuteRecord::new(row, destinations.layout.minutes_ms))
+            .collect();
+        // The run's last write has the machine to itself: its minute rows go in two
+        // concurrent inserts (ClickHouse handles an insert on one thread).
+        let ended = batch.last && shared.open_sinks.load(Ordering::Acquire) == 0;
+        let shares = if ended { 2 } else { 1 };
+        let tables = Tables {
+            batch: &batch,
+            minutes: &minutes,
+            shares,
+        };
+        if let Err(error) = write(&runtime, &destinations, tables, dead_rows, &shared) {
             error!(%error, "stopping: a write failed and retrying cannot help");
             *shared.fatal.lock().expect("not poisoned") = Some(error);
             break;
@@ -586,11 +612,12 @@ fn deliver_letters(d: &Destinations, receiver: Receiver<Letters>, shared: &Share
 fn write(
     runtime: &tokio::runtime::Runtime,
     d: &Destinations,
-    batch: &Batch,
+    tables: Tables<'_>,
     dead_rows: Vec<DeadLetterRecord>,
     shared: &Shared,
 ) -> Result<(), String> {
     let stats = &shared.stats;
+    let batch = tables.batch;
     let now_ms = chrono::Utc::now().timestamp_millis();
     // The result rows go to their topics meanwhile, on their own thread: a delivery waits
     // for the broker's acknowledgements (~40 ms a write with the local Tansu), which the
@@ -598,7 +625,7 @@ fn write(
     let (tables, topics) = std::thread::scope(|scope| {
         let topics = (!batch.metrics.is_empty() || !batch.supply.is_empty())
             .then(|| scope.spawn(|| publish_result_rows(d, stats, batch)));
-        let tables = runtime.block_on(write_tables(d, batch, dead_rows, stats, now_ms));
+        let tables = runtime.block_on(write_tables(d, tables, dead_rows, stats, now_ms));
         let topics = topics.map_or(Ok(()), |thread| {
             thread
                 .join()
@@ -631,11 +658,12 @@ fn write(
 /// and metric rows. Returns the raw events ClickHouse refused, as dead letters.
 async fn write_tables(
     d: &Destinations,
-    batch: &Batch,
+    tables: Tables<'_>,
     dead_rows: Vec<DeadLetterRecord>,
     stats: &WriterStats,
     now_ms: i64,
 ) -> Result<Vec<DeadLetter>, String> {
+    let batch = tables.batch;
     let mut dead: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
         let records: Vec<EventRecord> = batch
@@ -667,36 +695,68 @@ async fn write_tables(
     if !dead_rows.is_empty() {
         insert_dead_letter_rows(d, stats, dead_rows).await?;
     }
-    if !batch.metrics.is_empty() {
-        let finals = write_result_rows(d, stats, "city_metrics", &batch.metrics, |row| {
-            MetricsRecord::new(row, d.layout.metrics_ms)
-        })
-        .await?;
+    // The three tables at once: each insert's time is mostly the server's.
+    let metrics = async {
+        if batch.metrics.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<MetricsRecord> = (batch.metrics.iter())
+            .map(|row| MetricsRecord::new(row, d.layout.metrics_ms))
+            .collect();
+        let finals = write_result_rows(d, stats, "city_metrics", &batch.metrics, &records).await?;
         stats
             .metrics
             .fetch_add(batch.metrics.len() as u64, Ordering::Relaxed);
         stats.finals.fetch_add(finals, Ordering::Relaxed);
-    }
-    if !batch.supply.is_empty() {
-        let finals = write_result_rows(d, stats, "city_supply", &batch.supply, |row| {
-            SupplyRecord::new(row, d.layout.supply_ms)
-        })
-        .await?;
+        Ok::<(), String>(())
+    };
+    let supply = async {
+        if batch.supply.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<SupplyRecord> = (batch.supply.iter())
+            .map(|row| SupplyRecord::new(row, d.layout.supply_ms))
+            .collect();
+        let finals = write_result_rows(d, stats, "city_supply", &batch.supply, &records).await?;
         stats
             .supply
             .fetch_add(batch.supply.len() as u64, Ordering::Relaxed);
         stats.supply_finals.fetch_add(finals, Ordering::Relaxed);
-    }
-    if !batch.minutes.is_empty() {
-        write_result_rows(d, stats, "city_minutes", &batch.minutes, |row| {
-            MinuteRecord::new(row, d.layout.minutes_ms)
-        })
-        .await?;
-        stats
-            .minutes
-            .fetch_add(batch.minutes.len() as u64, Ordering::Relaxed);
-    }
+        Ok(())
+    };
+    let shares = rider_shares(tables.minutes, tables.shares);
+    let minutes = futures_util::future::try_join_all(shares.into_iter().map(|range| {
+        let (rows, records) = (&batch.minutes[range.clone()], &tables.minutes[range]);
+        async move {
+            write_result_rows(d, stats, "city_minutes", rows, records).await?;
+            stats
+                .minutes
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            Ok::<(), String>(())
+        }
+    }));
+    futures_util::future::try_join3(metrics, supply, minutes).await?;
     Ok(dead)
+}
+
+/// `records` as at most `shares` consecutive ranges of about equal riders (fewer if there are
+/// fewer records).
+fn rider_shares(records: &[MinuteRecord], shares: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = records.iter().map(|record| record.riders.len()).sum();
+    let each = total.div_ceil(shares.max(1)).max(1);
+    let mut ranges = Vec::with_capacity(shares);
+    let (mut start, mut riders) = (0, 0);
+    for (index, record) in records.iter().enumerate() {
+        riders += record.riders.len();
+        if riders >= each && ranges.len() + 1 < shares {
+            ranges.push(start..index + 1);
+            (start, riders) = (index + 1, 0);
+        }
+    }
+    if start < records.len() {
+        ranges.push(start..records.len());
+    }
+    ranges
 }
 
 /// A result row of the job (SPEC §4's metrics, SPEC §5's supply): upserted into its table and
@@ -744,21 +804,20 @@ impl ResultRow for CitySupplyRow {
     }
 }
 
-/// Writes result rows to `table` (a row ClickHouse refuses is logged and counted); returns
-/// how many of them are final.
+/// Writes result rows to `table` as `records` (one per row; a row ClickHouse refuses is
+/// logged and counted); returns how many of them are final.
 async fn write_result_rows<Row, Record>(
     d: &Destinations,
     stats: &WriterStats,
     table: &str,
     rows: &[Row],
-    record: impl Fn(&Row) -> Record,
+    records: &[Record],
 ) -> Result<u64, String>
 where
     Row: ResultRow,
     Record: clickhouse::RowOwned + clickhouse::RowWrite,
 {
-    let records: Vec<Record> = rows.iter().map(record).collect();
-    let rejected = insert_isolating(d, stats, table, &records).await?;
+    let rejected = insert_isolating(d, stats, table, records).await?;
     for (index, error) in &rejected {
         let row = &rows[*index];
         error!(city = %row.city(), at = %row.when(), table, %error, "ClickHouse refused a result row");
@@ -1206,5 +1265,60 @@ mod tests {
         completion.part_done(&shared);
         assert!(tickets.iter().all(Ticket::is_done));
         assert_eq!(shared.inflight_rows.load(Ordering::Relaxed), 0);
+    }
+
+    /// Minute records of one city, minute after minute, with these numbers of riders.
+    fn minute_records(riders: &[usize]) -> (Vec<CityMinuteRow>, Vec<MinuteRecord>) {
+        let mut rows: Vec<CityMinuteRow> = (riders.iter().enumerate())
+            .map(|(i, &n)| CityMinuteRow {
+                minute: dataflows::event::Timestamp(i as i64 * 60_000),
+                city: "London".into(),
+                events: n as u64,
+                requested: 0,
+                accepted: 0,
+                started: 0,
+                completed: 0,
+                cancelled: 0,
+                fare_sum: 0.0,
+                fares: 0,
+                unique_riders: n as u64,
+                riders: (0..n).map(|r| format!("rider-{i}-{r}").into()).collect(),
+                max_event_ms: 0,
+                is_final: 1,
+                version: 1,
+                updated_at: dataflows::event::Timestamp(0),
+            })
+            .collect();
+        let records = (rows.iter_mut())
+            .map(|row| MinuteRecord::new(row, false))
+            .collect();
+        (rows, records)
+    }
+
+    #[test]
+    fn minute_records_take_their_rows_riders() {
+        let (rows, records) = minute_records(&[2, 3]);
+        assert!(rows.iter().all(|row| row.riders.is_empty()));
+        assert_eq!(records[1].riders, ["rider-1-0", "rider-1-1", "rider-1-2"]);
+        assert_eq!(records[1].unique_riders, 3);
+    }
+
+    #[test]
+    fn a_last_write_splits_its_minute_rows_in_shares_of_about_equal_riders() {
+        let (_, records) = minute_records(&[1, 1, 1, 1, 1, 1]);
+        assert_eq!(rider_shares(&records, 2), [0..3, 3..6]);
+        assert_eq!(rider_shares(&records, 3), [0..2, 2..4, 4..6]);
+        assert_eq!(rider_shares(&records, 1), vec![0..6]);
+        // A row of many riders is a share of its own; the rest go together.
+        let (_, records) = minute_records(&[8, 1, 1, 1, 1]);
+        assert_eq!(rider_shares(&records, 2), [0..1, 1..5]);
+        let (_, records) = minute_records(&[1, 1, 1, 1, 8]);
+        assert_eq!(rider_shares(&records, 2), vec![0..5]);
+        // Fewer rows than shares, no rows, rows without riders.
+        let (_, records) = minute_records(&[4]);
+        assert_eq!(rider_shares(&records, 2), vec![0..1]);
+        assert!(rider_shares(&[], 2).is_empty());
+        let (_, records) = minute_records(&[0, 0, 0]);
+        assert_eq!(rider_shares(&records, 2), vec![0..3]);
     }
 }
