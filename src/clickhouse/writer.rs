@@ -11,10 +11,10 @@
 //! flows back into the dataflow (see `sinks`). Batches queued together, or submitted within the writer's [`WriteInterval`] of the
 //! previous write's start, are written as one (one insert per table), and each of their
 //! sinks is woken when it is durable; the sinks' last batches at the end of a run are
-//! written together ([`Writer::open_sink`]). A write's result tables are inserted
-//! concurrently, and the run's last write splits its minute rows (hundreds of thousands of
+//! written together ([`Writer::open_sink`]). That last write, when the workers are done,
+//! inserts its tables concurrently and splits its minute rows (hundreds of thousands of
 //! riders in a backfill) into two concurrent inserts: ClickHouse handles an insert on one
-//! thread, and the workers are done.
+//! thread.
 //!
 //! Failures are classified (see [`Severity`] and [`crate::kafka::Disposition`]):
 //! - transient ones (connection refused, timeouts, 5xx, overload codes, undelivered
@@ -415,8 +415,11 @@ struct Tables<'a> {
     batch: &'a Batch,
     /// The records of the batch's minute rows, in order.
     minutes: &'a [MinuteRecord],
-    /// Concurrent inserts the minute records are split into.
-    shares: usize,
+    /// The run's last write (every sink's last batch is in). It has the machine to itself,
+    /// the workers being done: its tables are inserted at once, and its minute rows in two
+    /// concurrent inserts (ClickHouse handles an insert on one thread). Other writes insert
+    /// one table after another, leaving the cores to the workers and the broker.
+    last: bool,
 }
 
 fn run(
@@ -483,14 +486,10 @@ fn run(
         let minutes: Vec<MinuteRecord> = (batch.minutes.iter_mut())
             .map(|row| MinuteRecord::new(row, destinations.layout.minutes_ms))
             .collect();
-        // The run's last write has the machine to itself: its minute rows go in two
-        // concurrent inserts (ClickHouse handles an insert on one thread).
-        let ended = batch.last && shared.open_sinks.load(Ordering::Acquire) == 0;
-        let shares = if ended { 2 } else { 1 };
         let tables = Tables {
             batch: &batch,
             minutes: &minutes,
-            shares,
+            last: batch.last && shared.open_sinks.load(Ordering::Acquire) == 0,
         };
         if let Err(error) = write(&runtime, &destinations, tables, dead_rows, &shared) {
             error!(%error, "stopping: a write failed and retrying cannot help");
@@ -695,7 +694,6 @@ async fn write_tables(
     if !dead_rows.is_empty() {
         insert_dead_letter_rows(d, stats, dead_rows).await?;
     }
-    // The three tables at once: each insert's time is mostly the server's.
     let metrics = async {
         if batch.metrics.is_empty() {
             return Ok(());
@@ -724,7 +722,7 @@ async fn write_tables(
         stats.supply_finals.fetch_add(finals, Ordering::Relaxed);
         Ok(())
     };
-    let shares = rider_shares(tables.minutes, tables.shares);
+    let shares = rider_shares(tables.minutes, if tables.last { 2 } else { 1 });
     let minutes = futures_util::future::try_join_all(shares.into_iter().map(|range| {
         let (rows, records) = (&batch.minutes[range.clone()], &tables.minutes[range]);
         async move {
@@ -735,7 +733,13 @@ async fn write_tables(
             Ok::<(), String>(())
         }
     }));
-    futures_util::future::try_join3(metrics, supply, minutes).await?;
+    if tables.last {
+        futures_util::future::try_join3(metrics, supply, minutes).await?;
+    } else {
+        metrics.await?;
+        supply.await?;
+        minutes.await?;
+    }
     Ok(dead)
 }
 
