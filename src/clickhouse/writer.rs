@@ -621,19 +621,19 @@ fn write(
     // The result rows go to their topics meanwhile, on their own thread: a delivery waits
     // for the broker's acknowledgements (~40 ms a write with the local Tansu), which the
     // inserts need not wait for. Neither depends on the other's outcome.
-    let (tables, topics) = std::thread::scope(|scope| {
+    let (inserted, topics) = std::thread::scope(|scope| {
         let topics = (!batch.metrics.is_empty() || !batch.supply.is_empty())
             .then(|| scope.spawn(|| publish_result_rows(d, stats, batch)));
-        let tables = runtime.block_on(write_tables(d, tables, dead_rows, stats, now_ms));
+        let inserted = runtime.block_on(write_tables(d, tables, dead_rows, stats, now_ms));
         let topics = topics.map_or(Ok(()), |thread| {
             thread
                 .join()
                 .unwrap_or_else(|_| Err("the result rows' delivery panicked".into()))
         });
-        (tables, topics)
+        (inserted, topics)
     });
     // Rows ClickHouse refused are dead letters too (rare: after the rest, in one go).
-    let rejected = tables?;
+    let rejected = inserted?;
     topics?;
     if !rejected.is_empty() {
         let refused = deliver_dead_letters(d, stats, &rejected)?;
